@@ -1,0 +1,5 @@
+"""One module per API namespace. ALL_SERVICES is what the server registers, in start order."""
+from middlewared_plugin.services.auth import AuthService
+from middlewared_plugin.services.core import CoreService
+
+ALL_SERVICES = [CoreService, AuthService]

@@ -1,0 +1,118 @@
+"""Local users and API keys, stored in SQLite with hashed secrets; short-lived auth tokens in memory."""
+from __future__ import annotations
+
+import errno
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from middlewared_plugin.auth import roles as _roles
+from middlewared_plugin.auth.credentials import Credentials
+from middlewared_plugin.errors import CallError
+from middlewared_plugin.store.db import Store
+from middlewared_plugin.store.secrets import hash_password, hash_token, verify_password
+
+
+@dataclass
+class Token:
+    credentials: Credentials
+    expires_at: float | None
+    single_use: bool
+    attrs: dict[str, Any]
+
+
+class Accounts:
+    def __init__(self, store: Store):
+        self._store = store
+        self._tokens: dict[str, Token] = {}
+
+    # Users --------------------------------------------------------------------------------------------
+
+    async def _find_user(self, username: str) -> tuple[int, dict[str, Any]] | None:
+        return next(((i, u) for i, u in await self._store.all("users") if u["username"] == username), None)
+
+    async def set_password(self, username: str, password: str, roles: list[str] | None = None) -> bool:
+        """Create the user or change its password; the first user ever is a full admin. True if created."""
+        if not password:
+            raise CallError("Password must not be empty", errno.EINVAL)
+        unknown = set(roles or ()) - set(_roles.ALL_ROLES)
+        if unknown:
+            raise CallError(f"Unknown roles: {', '.join(sorted(unknown))}", errno.EINVAL)
+        found = await self._find_user(username)
+        if found:
+            uid, user = found
+            user["password"] = hash_password(password)
+            if roles is not None:
+                user["roles"] = roles
+            await self._store.update("users", uid, user)
+            return False
+        first = not await self._store.all("users")
+        await self._store.insert("users", {
+            "username": username,
+            "password": hash_password(password),
+            "roles": roles if roles is not None else ([_roles.FULL_ADMIN] if first else [_roles.READONLY_ADMIN]),
+        })
+        return True
+
+    async def check_password(self, username: str, password: str) -> Credentials | None:
+        found = await self._find_user(username)
+        if not found or not verify_password(password, found[1]["password"]):
+            return None
+        return Credentials.for_user("LOGIN_PASSWORD", username, found[1]["roles"])
+
+    async def user_roles(self, username: str) -> list[str] | None:
+        found = await self._find_user(username)
+        return found[1]["roles"] if found else None
+
+    # API keys -----------------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str, username: str) -> str:
+        """Create a key for an existing user; returns the raw `"<id>-<secret>"` (shown once)."""
+        if await self._find_user(username) is None:
+            raise CallError(f"User {username!r} does not exist", errno.ENOENT)
+        secret = secrets.token_urlsafe(48)
+        key_id = await self._store.insert("api_keys", {
+            "name": name, "username": username, "key": hash_token(secret), "created_at": time.time(),
+        })
+        return f"{key_id}-{secret}"
+
+    async def check_api_key(self, raw: str, username: str | None = None) -> Credentials | None:
+        key_id, _, secret = raw.partition("-")
+        if not key_id.isdigit() or not secret:
+            return None
+        key = await self._store.get("api_keys", int(key_id))
+        if key is None or not secrets.compare_digest(key["key"], hash_token(secret)):
+            return None
+        if username is not None and username != key["username"]:
+            return None
+        user_roles = await self.user_roles(key["username"])
+        if user_roles is None:
+            return None
+        return Credentials.for_user("API_KEY", key["username"], user_roles)
+
+    # Tokens -------------------------------------------------------------------------------------------
+
+    def generate_token(
+        self, credentials: Credentials, ttl: int | None, attrs: dict[str, Any], single_use: bool
+    ) -> str:
+        token = secrets.token_urlsafe(48)
+        expires = None if ttl is None else time.monotonic() + ttl
+        self._tokens[token] = Token(credentials, expires, single_use, attrs)
+        return token
+
+    def check_token(self, token: str) -> Credentials | None:
+        found = self.redeem_token(token)
+        return None if found is None else found[0]
+
+    def redeem_token(self, token: str) -> tuple[Credentials, dict[str, Any]] | None:
+        """Credentials and attributes of a valid token (a single-use token is spent)."""
+        now = time.monotonic()
+        for key in [k for k, t in self._tokens.items() if t.expires_at is not None and t.expires_at < now]:
+            del self._tokens[key]
+        found = self._tokens.get(token)
+        if found is None:
+            return None
+        if found.single_use:
+            del self._tokens[token]
+        return Credentials("TOKEN", found.credentials.username, found.credentials.roles), found.attrs

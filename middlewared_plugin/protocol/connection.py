@@ -1,0 +1,157 @@
+"""One WebSocket client: framing limits, concurrent calls, held-back job calls, event delivery.
+
+Outgoing messages (responses and events) go through one queue in the order they are produced, so a job's
+ADDED event always reaches the client before the held-back response of the call that started it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from jsonrpcserver.sentinels import NOID
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from middlewared_plugin.auth.session import Session
+from middlewared_plugin.events import Event
+from middlewared_plugin.jobs.job import Job
+from middlewared_plugin.protocol import ejson, rpc
+
+if TYPE_CHECKING:
+    from middlewared_plugin.app import App
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS_MAX_MESSAGE = 8 * 1024
+AUTHENTICATED_MAX_MESSAGE = 64 * 1024
+MAX_EXECUTING_CALLS = 10
+MAX_INFLIGHT_CALLS = 20
+#: A client that lets this many outgoing messages pile up is too slow to keep; it is disconnected.
+MAX_OUTGOING_BACKLOG = 20000
+
+
+class Connection:
+    def __init__(self, app: App, ws: ServerConnection, session: Session):
+        self.app = app
+        self.ws = ws
+        self.session = session
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        self._executing = asyncio.Semaphore(MAX_EXECUTING_CALLS)
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        stop_listening = self.app.bus.listen(self._on_event)
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    await self.ws.close(1003, "Binary messages are not supported")
+                    break
+                limit = AUTHENTICATED_MAX_MESSAGE if self.session.authenticated else ANONYMOUS_MAX_MESSAGE
+                if len(message.encode()) > limit:
+                    if self.session.authenticated:
+                        await self.ws.close(1009, "Max message length is 64 kB")
+                    else:
+                        await self.ws.close(1007, "Anonymous connection max message length is 8 kB")
+                    break
+                self._receive(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            stop_listening()
+            for task in list(self._tasks):
+                task.cancel()
+            self._outgoing.put_nowait(None)
+            await asyncio.gather(writer, *self._tasks, return_exceptions=True)
+
+    # Incoming -------------------------------------------------------------------------------------------
+
+    def _receive(self, text: str) -> None:
+        try:
+            message = ejson.loads(text)
+        except ValueError as exc:
+            self._send(rpc.error_response(None, rpc.PARSE_ERROR, str(exc)))
+            return
+        try:
+            rpc.validate_request(message)
+        except rpc.InvalidRequest as exc:
+            if isinstance(message, dict) and "id" in message:
+                id_ = message["id"] if isinstance(message["id"], int | str) or message["id"] is None else None
+                self._send(rpc.error_response(id_, rpc.INVALID_REQUEST, str(exc)))
+            return
+        id_ = message.get("id", NOID)
+        if self._inflight >= MAX_INFLIGHT_CALLS:
+            if id_ is not NOID:
+                self._send(rpc.error_response(
+                    id_, rpc.TOO_MANY_CALLS,
+                    f"Maximum number of concurrent calls ({MAX_INFLIGHT_CALLS}) has exceeded",
+                ))
+            return
+        self._inflight += 1
+        task = asyncio.create_task(self._call(message["method"], message.get("params", []), id_))
+        self._tasks.add(task)
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight -= 1
+        self._tasks.discard(task)
+
+    async def _call(self, method: str, params: list[Any], id_: Any) -> None:
+        if method not in self.app.methods:
+            if id_ is not NOID:
+                self._send(rpc.error_response(id_, rpc.METHOD_NOT_FOUND, "Method does not exist"))
+            return
+        async with self._executing:
+            response = await rpc.invoke(method, params, id_, lambda: self._run(method, params, id_))
+        if response is not None:
+            self._send(response)
+
+    async def _run(self, method: str, params: list[Any], id_: Any) -> Any:
+        outcome = await self.app.dispatch(
+            method, params, session=self.session, message_id=None if id_ is NOID else id_,
+        )
+        if not isinstance(outcome, Job):
+            return outcome
+        if self.session.options["legacy_jobs"]:
+            return outcome.id
+        return await self.app.job_result(outcome)
+
+    # Outgoing -------------------------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            text = ejson.dumps(message)
+        except (TypeError, ValueError):
+            text = ejson.dumps(rpc.error_response(
+                message.get("id"), rpc.SERIALIZE_ERROR, "Failed to JSON serialize server message"
+            ))
+        if self._outgoing.qsize() > MAX_OUTGOING_BACKLOG:
+            logger.warning("Closing a client that does not read its messages")
+            asyncio.ensure_future(self.ws.close(1008, "Too many unread messages"))
+            return
+        self._outgoing.put_nowait(text)
+
+    async def _write_loop(self) -> None:
+        while (text := await self._outgoing.get()) is not None:
+            try:
+                await self.ws.send(text)
+            except ConnectionClosed:
+                return
+
+    def _on_event(self, event: Event) -> None:
+        names = set(self.session.subscriptions.values())
+        if event.collection not in names and "*" not in names:
+            return
+        credentials = self.session.credentials
+        if event.audience is not None and not event.audience(credentials):
+            return
+        params: dict[str, Any] = {"msg": event.kind.lower(), "collection": event.collection}
+        if event.id is not None:
+            params["id"] = event.id
+        if event.fields is not None:
+            params["fields"] = event.redact(credentials, event.fields) if event.redact else event.fields
+        if event.extra:
+            params["extra"] = event.extra
+        self._send({"jsonrpc": "2.0", "method": "collection_update", "params": params})

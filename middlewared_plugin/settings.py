@@ -1,0 +1,31 @@
+"""Server configuration, from the command line and the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_DIR_ENV = "MIDDLEWARED_PLUGIN_DATA"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, "./data")).absolute()
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6000
+    socket_path: Path | None = None
+    #: What this server's `ssh_pair` announces: the SSH port and host keys of this machine.
+    ssh_port: int = 22
+    ssh_host_key_files: tuple[Path, ...] = field(
+        default_factory=lambda: tuple(sorted(Path("/etc/ssh").glob("ssh_host_*_key.pub")))
+    )
+    #: Scheduler tick in seconds (tests shorten nothing: the clock is injected instead).
+    scheduler_enabled: bool = True
+
+    @property
+    def unix_socket(self) -> Path:
+        return self.socket_path or self.data_dir / "middlewared.sock"

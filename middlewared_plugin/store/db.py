@@ -1,0 +1,87 @@
+"""SQLite through sqlite-utils, on one dedicated thread so the event loop never blocks on disk.
+
+Each public write runs in one transaction. Rows are JSON documents; `Store` knows nothing of services.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from middlewared_plugin.store import migrations
+
+T = TypeVar("T")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite_utils.Database | None = None
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        # isolation_level=None is autocommit; `with conn:` alone would not open a transaction.
+        conn.isolation_level = "DEFERRED"
+        migrations.apply(db)
+        self._db = db
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.conn.close()
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def transaction(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` in one transaction on the database thread."""
+        def _tx() -> T:
+            assert self._db is not None
+            with self._db.conn:
+                return fn(self._db)
+        return await self._run(_tx)
+
+    # Document helpers ---------------------------------------------------------------------------------
+
+    async def insert(self, table: str, doc: dict[str, Any], id: int | None = None) -> int:
+        def _insert(db: sqlite_utils.Database) -> int:
+            row: dict[str, Any] = {"data": json.dumps(doc)}
+            if id is not None:
+                row["id"] = id
+            return db[table].insert(row).last_pk
+        return await self.transaction(_insert)
+
+    async def upsert(self, table: str, id: int, doc: dict[str, Any]) -> None:
+        await self.transaction(lambda db: db[table].upsert({"id": id, "data": json.dumps(doc)}, pk="id"))
+
+    async def update(self, table: str, id: int, doc: dict[str, Any]) -> None:
+        await self.transaction(lambda db: db[table].update(id, {"data": json.dumps(doc)}))
+
+    async def delete(self, table: str, id: int) -> None:
+        await self.transaction(lambda db: db.execute(f"DELETE FROM [{table}] WHERE id = ?", [id]))
+
+    async def get(self, table: str, id: int) -> dict[str, Any] | None:
+        def _get(db: sqlite_utils.Database) -> dict[str, Any] | None:
+            row = db.execute(f"SELECT data FROM [{table}] WHERE id = ?", [id]).fetchone()
+            return json.loads(row[0]) if row else None
+        return await self._run(lambda: _get(self._db))  # type: ignore[arg-type]
+
+    async def all(self, table: str) -> list[tuple[int, dict[str, Any]]]:
+        def _all(db: sqlite_utils.Database) -> list[tuple[int, dict[str, Any]]]:
+            return [(r[0], json.loads(r[1])) for r in db.execute(f"SELECT id, data FROM [{table}] ORDER BY id")]
+        return await self._run(lambda: _all(self._db))  # type: ignore[arg-type]
