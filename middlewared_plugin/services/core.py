@@ -10,6 +10,7 @@ from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.jobs.job import Job
 from middlewared_plugin.jobs.manager import StoredJob
 from middlewared_plugin.query.filters import filter_list
+from middlewared_plugin.scheduling.schedule import describe, validate_schedule
 from middlewared_plugin.services.base import ApiModel, CallContext, QueryArgs, Service, api_method
 
 
@@ -47,6 +48,10 @@ class JobDownloadLogsArgs(ApiModel):
 class JobUpdateArgs(ApiModel):
     id: int
     data: dict[str, Any]
+
+
+class DescribeScheduleArgs(ApiModel):
+    schedule: dict[str, Any]
 
 
 class BulkArgs(ApiModel):
@@ -108,6 +113,14 @@ class CoreService(Service):
                  else "config" if isinstance(s, ConfigService) else "service"}
             for ns, s in self.app.services.items()
         }
+
+    @api_method(DescribeScheduleArgs)
+    async def describe_schedule(self, ctx: CallContext, schedule: dict[str, Any]) -> str:
+        """A cron schedule object in words ("At 00:00, only on Sunday"), for forms that show it as you type."""
+        verrors = ValidationErrors()
+        validate_schedule(verrors, "schedule", schedule)
+        verrors.check()
+        return describe(schedule) or ""
 
     # Subscriptions ---------------------------------------------------------------------------------------
 
