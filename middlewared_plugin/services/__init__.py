@@ -1,5 +1,6 @@
 """One module per API namespace. ALL_SERVICES is what the server registers, in start order."""
 from middlewared_plugin.services.auth import AuthService
 from middlewared_plugin.services.core import CoreService
+from middlewared_plugin.services.keychain import KeychainCredentialService
 
-ALL_SERVICES = [CoreService, AuthService]
+ALL_SERVICES = [CoreService, AuthService, KeychainCredentialService]
