@@ -19,6 +19,7 @@ from middlewared_plugin.events import EventBus
 from middlewared_plugin.jobs.job import Job
 from middlewared_plugin.jobs.manager import JobManager
 from middlewared_plugin.remote.runner import LocalRunner, Runner
+from middlewared_plugin.remote.ssh import runner_for_credentials
 from middlewared_plugin.services.base import CallContext, MethodSpec, Service
 from middlewared_plugin.settings import Settings
 from middlewared_plugin.store.db import Store
@@ -45,6 +46,10 @@ class App:
         self.jobs = JobManager(self.store, self.bus, settings.data_dir / "jobs")
         self.jobs.redact_arguments = self._redact_job_arguments
         self.local_runner: Runner = LocalRunner()
+        #: Runs this server's own zfs/zpool commands: here, or on the host named by settings.local_zfs_ssh.
+        self.zfs_runner: Runner = (
+            runner_for_credentials(settings.local_zfs_ssh) if settings.local_zfs_ssh else self.local_runner
+        )
         self.services: dict[str, Service] = {}
         self.methods: dict[str, MethodSpec] = {}
         self.event_roles: dict[str, tuple[str, ...]] = {"core.get_jobs": ()}
@@ -76,6 +81,7 @@ class App:
             except Exception:
                 logger.exception("Service %s failed to shut down", service.namespace)
         await self.jobs.shutdown()
+        await self.zfs_runner.close()
         await self.local_runner.close()
         await self.store.close()
 

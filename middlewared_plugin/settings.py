@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DATA_DIR_ENV = "MIDDLEWARED_PLUGIN_DATA"
 
@@ -23,8 +24,11 @@ class Settings:
     ssh_host_key_files: tuple[Path, ...] = field(
         default_factory=lambda: tuple(sorted(Path("/etc/ssh").glob("ssh_host_*_key.pub")))
     )
-    #: Scheduler tick in seconds (tests shorten nothing: the clock is injected instead).
+    #: Run the minute scheduler (periodic snapshots, scheduled replication).
     scheduler_enabled: bool = True
+    #: Where this server's own ("local") ZFS lives: None for this machine, or SSH_CREDENTIALS-like attributes
+    #: (host, port, username, private_key text, remote_host_key) of another host whose zfs we manage.
+    local_zfs_ssh: dict[str, Any] | None = None
 
     @property
     def unix_socket(self) -> Path:

@@ -2,5 +2,6 @@
 from middlewared_plugin.services.auth import AuthService
 from middlewared_plugin.services.core import CoreService
 from middlewared_plugin.services.keychain import KeychainCredentialService
+from middlewared_plugin.services.pool import PoolDatasetService, PoolSnapshotService
 
-ALL_SERVICES = [CoreService, AuthService, KeychainCredentialService]
+ALL_SERVICES = [CoreService, AuthService, KeychainCredentialService, PoolDatasetService, PoolSnapshotService]
