@@ -1,0 +1,35 @@
+"""The ZFS layer: the only code that knows `zfs`/`zpool` command lines and output formats.
+
+- `Zfs(runner)`: list, create, snapshot, destroy, hold, properties, rollback on one host.
+- `detect_features(runner)` / `Features.require(...)`: what that host's ZFS can do, found by probes.
+- `send_argv`, `resume_send_argv`, `recv_argv`, `recv_abort_argv`: pure builders for replication pipelines.
+- `Dataset`, `Snapshot`, `Pool`, `DestroyResult`: the values the rest of the engine reasons about.
+"""
+from middlewared_plugin.zfs.commands import Zfs, recv_abort_argv, recv_argv, resume_send_argv, send_argv
+from middlewared_plugin.zfs.features import Feature, Features, detect_features, forget_features
+from middlewared_plugin.zfs.types import (
+    Dataset,
+    DestroyResult,
+    Pool,
+    Snapshot,
+    is_same_or_descendant,
+    split_snapshot_name,
+)
+
+__all__ = [
+    "Dataset",
+    "DestroyResult",
+    "Feature",
+    "Features",
+    "Pool",
+    "Snapshot",
+    "Zfs",
+    "detect_features",
+    "forget_features",
+    "is_same_or_descendant",
+    "recv_abort_argv",
+    "recv_argv",
+    "resume_send_argv",
+    "send_argv",
+    "split_snapshot_name",
+]

@@ -1,0 +1,438 @@
+"""`zfs`/`zpool` command lines and the parsing of their output: the only module that knows either.
+
+`Zfs(runner)` works the same on this host and on an SSH peer. Listing goes through
+`zfs get -H -p -o name,property,value,source` because it is the one machine-readable form every
+implementation has (zfs-fuse's `zfs list` has no `-p` and hides `guid`/`createtxg`); user properties
+come back in the same call. Methods that can be done better where ZFS allows it (atomic multi-dataset
+snapshots, comma-list destroys) detect the capability first and fall back to what works everywhere.
+
+Send/receive command lines are pure functions (`send_argv`, `recv_argv`, ...) so that the replication
+executor can start them as a pipeline through `Runner.start`; the caller checks `Features.require` for
+the flags it asks for.
+"""
+from __future__ import annotations
+
+import errno
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+
+from middlewared_plugin.errors import CallError
+from middlewared_plugin.remote.runner import CommandFailed, Runner
+from middlewared_plugin.zfs.features import Feature, Features, detect_features
+from middlewared_plugin.zfs.types import (
+    Dataset,
+    DestroyResult,
+    Pool,
+    Snapshot,
+    is_same_or_descendant,
+    split_snapshot_name,
+)
+
+#: zettarepl's proven batch size for `zfs destroy ds@a,b,...`; the argv length bound keeps us far from ARG_MAX.
+DESTROY_BATCH_NAMES = 100
+DESTROY_BATCH_CHARS = 100_000
+
+_DATASET_PROPS = ("type", "guid", "createtxg", "creation", "used", "referenced", "readonly", "mountpoint")
+_SNAPSHOT_PROPS = ("type", "guid", "createtxg", "creation", "used", "referenced", "userrefs")
+
+_NOT_FOUND = re.compile(r"does not exist|no such pool|could not find any snapshots|no such dataset")
+
+
+def _is_not_found(error: CommandFailed) -> bool:
+    return _NOT_FOUND.search(error.stderr) is not None
+
+
+class Zfs:
+    """ZFS operations on the host a `Runner` reaches."""
+
+    def __init__(self, runner: Runner, *, timeout: float = 600.0):
+        self.runner = runner
+        self.timeout = timeout
+
+    async def features(self) -> Features:
+        return await detect_features(self.runner)
+
+    async def _run(self, argv: Sequence[str], *, timeout: float | None = None) -> str:
+        result = await self.runner.run(list(argv), timeout=timeout or self.timeout)
+        return result.text
+
+    # ----------------------------------------------------------------------------------------- pools
+
+    async def pools(self) -> list[Pool]:
+        out = await self._run(["zpool", "list", "-H", "-o", "name,health"])
+        return [Pool(*line.split("\t")[:2]) for line in out.splitlines() if line]
+
+    async def pool_status(self, pool: str) -> str:
+        """`zpool status` text of one pool (for humans; not parsed)."""
+        return await self._run(["zpool", "status", pool])
+
+    async def pool_features(self, pool: str) -> dict[str, str]:
+        """`feature@name -> disabled|enabled|active` of one pool; empty for pre-feature-flag pools (zfs-fuse)."""
+        # Plain `zpool get all`: zfs-fuse's `zpool get` knows neither -H nor -o.
+        out = await self._run(["zpool", "get", "all", pool])
+        features = {}
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == pool and fields[1].startswith("feature@"):
+                features[fields[1]] = fields[2]
+        return features
+
+    # -------------------------------------------------------------------------------------- listing
+
+    async def _get(
+        self, root: str, properties: Sequence[str], *, depth: int | None, type_: str | None,
+    ) -> dict[str, dict[str, tuple[str, str]]]:
+        """name -> property -> (value, source) for `root` and its descendants down to `depth` (None: all)."""
+        argv = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source"]
+        argv += ["-r"] if depth is None else ["-d", str(depth)]
+        if type_ and (await self.features()).has(Feature.GET_TYPE_FILTER):
+            argv += ["-t", type_]
+        argv += [",".join(properties), root]
+        try:
+            out = await self._run(argv)
+        except CommandFailed as e:
+            if _is_not_found(e):
+                raise CallError(f"[{self.runner.name}] dataset {root} does not exist", errno.ENOENT) from e
+            raise
+        rows: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+        for line in out.splitlines():
+            name, prop, rest = line.split("\t", 2)
+            value, source = rest.rsplit("\t", 1)
+            rows[name][prop] = (value, source)
+        return rows
+
+    async def _props_for(self, base: Sequence[str], optional: Sequence[str], user: Iterable[str]) -> list[str]:
+        known = (await self.features()).properties
+        return [*base, *(p for p in optional if p in known), *user]
+
+    async def list_datasets(
+        self, root: str, *, recursive: bool = True, user_properties: Iterable[str] = (),
+    ) -> list[Dataset]:
+        """`root` (and its descendants if `recursive`), filesystems and volumes, sorted by name."""
+        user = list(user_properties)
+        props = await self._props_for(_DATASET_PROPS, ("receive_resume_token",), user)
+        rows = await self._get(root, props, depth=None if recursive else 0, type_="filesystem,volume")
+        datasets = [
+            _dataset(name, values, user) for name, values in rows.items()
+            if values["type"][0] in ("filesystem", "volume")
+        ]
+        return sorted(datasets, key=lambda d: d.name)
+
+    async def list_snapshots(
+        self, root: str, *, recursive: bool = True, user_properties: Iterable[str] = (),
+    ) -> list[Snapshot]:
+        """Snapshots of `root` (and of its descendants if `recursive`), by dataset name then createtxg."""
+        user = list(user_properties)
+        props = await self._props_for(_SNAPSHOT_PROPS, ("written",), user)
+        rows = await self._get(root, props, depth=None if recursive else 1, type_="snapshot")
+        snapshots = [
+            _snapshot(name, values, user) for name, values in rows.items() if values["type"][0] == "snapshot"
+        ]
+        return sorted(snapshots, key=lambda s: (s.dataset, s.createtxg))
+
+    async def exists(self, name: str) -> bool:
+        """Whether a dataset or snapshot of that name exists."""
+        try:
+            await self._run(["zfs", "get", "-H", "-o", "value", "type", name])
+        except CommandFailed as e:
+            if _is_not_found(e) or "invalid dataset name" in e.stderr:
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------------------------- datasets
+
+    async def create_dataset(
+        self, name: str, *, parents: bool = True, properties: Mapping[str, str] | None = None,
+    ) -> None:
+        argv = ["zfs", "create"] + (["-p"] if parents else []) + _property_options(properties) + [name]
+        await self._run(argv)
+
+    async def destroy_dataset(self, name: str, *, recursive: bool = False) -> None:
+        await self._run(["zfs", "destroy"] + (["-r"] if recursive else []) + [name])
+
+    async def get_properties(self, name: str, properties: Iterable[str]) -> dict[str, str | None]:
+        """Values of the given properties of one dataset or snapshot; None where unset (`-`)."""
+        props = list(properties)
+        rows = await self._get(name, props, depth=0, type_=None)
+        values = rows.get(name, {})
+        return {p: _optional(*values[p]) if p in values else None for p in props}
+
+    async def set_properties(self, name: str, properties: Mapping[str, str]) -> None:
+        # One `zfs set` per property: zfs-fuse's `set` takes exactly one property=value.
+        for key, value in properties.items():
+            await self._run(["zfs", "set", f"{key}={value}", name])
+
+    async def inherit_property(self, name: str, prop: str, *, recursive: bool = False) -> None:
+        await self._run(["zfs", "inherit"] + (["-r"] if recursive else []) + [prop, name])
+
+    async def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
+        """Roll a dataset back to `snapshot`; `destroy_newer` (-r) allows discarding later snapshots."""
+        split_snapshot_name(snapshot)
+        await self._run(["zfs", "rollback"] + (["-r"] if destroy_newer else []) + [snapshot])
+
+    # ------------------------------------------------------------------------------------ snapshots
+
+    async def create_snapshots(
+        self,
+        dataset: str,
+        name: str,
+        *,
+        recursive: bool = False,
+        exclude: Iterable[str] = (),
+        properties: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Snapshot `dataset` (and its tree minus `exclude` subtrees) in one transaction group.
+
+        Returns the full names created. With excludes, hosts that take several snapshot names in one
+        `zfs snapshot` get exactly the wanted set atomically; elsewhere (zfs-fuse) the whole tree is
+        snapshotted with `-r` (still one txg) and the excluded subtrees' new snapshots are destroyed.
+        """
+        options = _property_options(properties)
+        excluded = [e for e in exclude if is_same_or_descendant(e, dataset) and e != dataset]
+        if not recursive or not excluded:
+            await self._run(["zfs", "snapshot"] + (["-r"] if recursive else []) + options + [f"{dataset}@{name}"])
+            if not recursive:
+                return [f"{dataset}@{name}"]
+            return [f"{d.name}@{name}" for d in await self.list_datasets(dataset)]
+
+        tree = [d.name for d in await self.list_datasets(dataset)]
+        wanted = [d for d in tree if not any(is_same_or_descendant(d, e) for e in excluded)]
+        if (await self.features()).has(Feature.MULTI_SNAPSHOT):
+            await self._run(["zfs", "snapshot"] + options + [f"{d}@{name}" for d in wanted])
+            return [f"{d}@{name}" for d in wanted]
+
+        await self._run(["zfs", "snapshot", "-r"] + options + [f"{dataset}@{name}"])
+        tops = [e for e in excluded if e in tree and not any(e != o and is_same_or_descendant(e, o) for o in excluded)]
+        for top in tops:
+            await self._run(["zfs", "destroy", "-r", f"{top}@{name}"])
+        return [f"{d}@{name}" for d in wanted]
+
+    async def destroy_snapshots(self, snapshots: Iterable[str]) -> DestroyResult:
+        """Destroy snapshots in batches; held, busy or cloned ones are reported as skipped, gone ones as missing."""
+        result = DestroyResult()
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for full in snapshots:
+            ds, snap = split_snapshot_name(full)
+            by_dataset[ds].append(snap)
+        batched = (await self.features()).has(Feature.DESTROY_SNAPSHOT_LIST)
+        for ds, names in by_dataset.items():
+            batches = _destroy_batches(ds, names) if batched else ([n] for n in names)
+            for batch in batches:
+                await self._destroy_batch(ds, batch, result)
+        return result
+
+    async def _destroy_batch(self, dataset: str, names: list[str], result: DestroyResult) -> None:
+        while names:
+            try:
+                await self._run(["zfs", "destroy", f"{dataset}@{','.join(names)}"], timeout=3600)
+            except CommandFailed as e:
+                refused = _refusals(e.stderr, dataset, names)
+                if len(names) == 1 and not refused:
+                    if not _is_not_found(e):
+                        raise
+                    result.missing.append(f"{dataset}@{names[0]}")
+                    return
+                if not refused:
+                    # An all-or-nothing destroy failed for a reason naming no snapshot: find it one by one.
+                    for n in names:
+                        await self._destroy_batch(dataset, [n], result)
+                    return
+                result.skipped.update(refused)
+                # A refused batch destroys nothing on OpenZFS: retry without the refused ones.
+                names = [n for n in names if f"{dataset}@{n}" not in refused]
+                continue
+            result.destroyed.extend(f"{dataset}@{n}" for n in names)
+            return
+
+    # ---------------------------------------------------------------------------------------- holds
+
+    async def hold(self, tag: str, snapshots: Sequence[str], *, recursive: bool = False) -> None:
+        await self._run(["zfs", "hold"] + (["-r"] if recursive else []) + [tag, *snapshots])
+
+    async def release(self, tag: str, snapshots: Sequence[str], *, recursive: bool = False) -> None:
+        await self._run(["zfs", "release"] + (["-r"] if recursive else []) + [tag, *snapshots])
+
+    async def list_holds(self, snapshots: Sequence[str]) -> dict[str, frozenset[str]]:
+        """Hold tags per snapshot. zfs-fuse cannot list tags (use `Snapshot.userrefs` for the count there)."""
+        (await self.features()).require(Feature.LIST_HOLDS)
+        out = await self._run(["zfs", "holds", "-H", *snapshots])
+        holds: dict[str, set[str]] = {s: set() for s in snapshots}
+        for line in out.splitlines():
+            name, tag, *_ = line.split("\t")
+            holds.setdefault(name, set()).add(tag)
+        return {k: frozenset(v) for k, v in holds.items()}
+
+
+# ------------------------------------------------------------------------------------ send / receive
+
+def _snapshot_ref(ref: str, snapshot: str) -> str:
+    """A base given as "name", "@name", "#bookmark" or full name -> full name on the snapshot's dataset."""
+    dataset, _ = split_snapshot_name(snapshot)
+    if ref.startswith(("@", "#")):
+        return dataset + ref
+    return ref if ("@" in ref or "#" in ref) else f"{dataset}@{ref}"
+
+
+def send_argv(
+    snapshot: str,
+    *,
+    base: str | None = None,
+    intermediates: bool = False,
+    replicate: bool = False,
+    properties: bool = False,
+    raw: bool = False,
+    large_block: bool = False,
+    compressed: bool = False,
+    embedded: bool = False,
+    dry_run: bool = False,
+) -> list[str]:
+    """`zfs send` of `snapshot`, incremental from `base` (-i; -I with `intermediates`).
+
+    Flag order follows zettarepl: [-e] [-R|-p] [-w] [-i|-I base] [-L] [-c]. `dry_run` adds -n -v -P
+    (parsable size estimate on stderr/stdout, no stream).
+    """
+    if intermediates and base is None:
+        raise ValueError("intermediates (-I) needs a base snapshot")
+    argv = ["zfs", "send"]
+    if dry_run:
+        argv += ["-n", "-v", "-P"]
+    if embedded:
+        argv.append("-e")
+    if replicate:
+        argv.append("-R")
+    elif properties:
+        argv.append("-p")
+    if raw:
+        argv.append("-w")
+    if base is not None:
+        argv += ["-I" if intermediates else "-i", _snapshot_ref(base, snapshot)]
+    if large_block:
+        argv.append("-L")
+    if compressed:
+        argv.append("-c")
+    argv.append(snapshot)
+    return argv
+
+
+def resume_send_argv(token: str, *, dry_run: bool = False) -> list[str]:
+    """Continue an interrupted stream; the token carries the original flags."""
+    return ["zfs", "send"] + (["-n", "-v", "-P"] if dry_run else []) + ["-t", token]
+
+
+def recv_argv(
+    target: str,
+    *,
+    resumable: bool = False,
+    force: bool = False,
+    no_mount: bool = False,
+    exclude_properties: Iterable[str] = (),
+    override_properties: Mapping[str, str] | None = None,
+) -> list[str]:
+    """`zfs receive` into `target`. `force` (-F) may roll back or destroy target data: callers decide it."""
+    argv = ["zfs", "receive"]
+    if resumable:
+        argv.append("-s")
+    if force:
+        argv.append("-F")
+    if no_mount:
+        argv.append("-u")
+    for prop in exclude_properties:
+        argv += ["-x", prop]
+    for key, value in (override_properties or {}).items():
+        argv += ["-o", f"{key}={value}"]
+    argv.append(target)
+    return argv
+
+
+def recv_abort_argv(target: str) -> list[str]:
+    """Discard the partial state of an interrupted resumable receive."""
+    return ["zfs", "receive", "-A", target]
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+def _property_options(properties: Mapping[str, str] | None) -> list[str]:
+    return [arg for k, v in (properties or {}).items() for arg in ("-o", f"{k}={v}")]
+
+
+def _destroy_batches(dataset: str, names: list[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    length = len(dataset)
+    for name in names:
+        if batch and (len(batch) >= DESTROY_BATCH_NAMES or length + len(name) + 1 > DESTROY_BATCH_CHARS):
+            yield batch
+            batch, length = [], len(dataset)
+        batch.append(name)
+        length += len(name) + 1
+    if batch:
+        yield batch
+
+
+def _refusals(stderr: str, dataset: str, names: list[str]) -> dict[str, str]:
+    """Which of `names` ZFS refused to destroy, and why.
+
+    OpenZFS: "cannot destroy snapshot pool/ds@a: dataset is busy"; zfs-fuse: "cannot destroy 'pool/ds@a':
+    dataset is busy". Matching the names we asked for copes with spaces and colons inside snapshot names.
+    """
+    refused = {}
+    for line in stderr.splitlines():
+        if not line.startswith("cannot destroy"):
+            continue
+        for name in names:
+            full = f"{dataset}@{name}"
+            for form in (f"snapshot {full}: ", f"'{full}': "):
+                if form in line:
+                    refused[full] = line.split(form, 1)[1].strip()
+    return refused
+
+
+def _optional(value: str, source: str) -> str | None:
+    # `-` with source `-` is how zfs prints "not set / not applicable".
+    return None if value == "-" and source == "-" else value
+
+
+def _int(value: str) -> int:
+    return 0 if value == "-" else int(value)
+
+
+def _user(values: Mapping[str, tuple[str, str]], user: Iterable[str]) -> dict[str, str]:
+    found = {p: _optional(*values[p]) for p in user if p in values}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _dataset(name: str, values: Mapping[str, tuple[str, str]], user: Iterable[str]) -> Dataset:
+    mountpoint = values["mountpoint"][0]
+    token = _optional(*values["receive_resume_token"]) if "receive_resume_token" in values else None
+    return Dataset(
+        name=name,
+        type=values["type"][0],
+        guid=int(values["guid"][0]),
+        createtxg=int(values["createtxg"][0]),
+        creation=datetime.fromtimestamp(int(values["creation"][0]), UTC),
+        used=_int(values["used"][0]),
+        referenced=_int(values["referenced"][0]),
+        readonly=values["readonly"][0] == "on",
+        mountpoint=None if mountpoint in ("-", "none", "legacy") else mountpoint,
+        receive_resume_token=token,
+        user_properties=_user(values, user),
+    )
+
+
+def _snapshot(full_name: str, values: Mapping[str, tuple[str, str]], user: Iterable[str]) -> Snapshot:
+    dataset, name = split_snapshot_name(full_name)
+    written = values.get("written")
+    return Snapshot(
+        dataset=dataset,
+        name=name,
+        guid=int(values["guid"][0]),
+        createtxg=int(values["createtxg"][0]),
+        creation=datetime.fromtimestamp(int(values["creation"][0]), UTC),
+        used=_int(values["used"][0]),
+        referenced=_int(values["referenced"][0]),
+        userrefs=_int(values["userrefs"][0]),
+        written=_int(written[0]) if written else None,
+        user_properties=_user(values, user),
+    )
