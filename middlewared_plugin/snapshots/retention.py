@@ -20,9 +20,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
-from croniter import croniter
 from dateutil.relativedelta import relativedelta
 
+from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.snapshots.naming import AmbiguousSnapshotName, ParsedName, parse_snapshot_names
 from middlewared_plugin.zfs.types import is_same_or_descendant
 
@@ -89,32 +89,6 @@ _UNIT_DELTAS = {
 
 def lifetime_delta(value: int, unit: LifetimeUnit | str) -> relativedelta:
     return _UNIT_DELTAS[LifetimeUnit(unit)](value)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A TrueNAS schedule: cron fields plus a daily begin-end window (inclusive, wrapping midnight)."""
-
-    minute: str = "00"
-    hour: str = "*"
-    dom: str = "*"
-    month: str = "*"
-    dow: str = "*"
-    begin: str = "00:00"
-    end: str = "23:59"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, str]) -> Schedule:
-        return cls(**{k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def matches(self, when: datetime) -> bool:
-        """Whether a snapshot taken at `when` (minute precision) fits this schedule."""
-        when = when.replace(second=0, microsecond=0)
-        expr = f"{self.minute} {self.hour} {self.dom} {self.month} {self.dow}"
-        if not croniter.match(expr, when):
-            return False
-        begin, end, t = self.begin, self.end, when.strftime("%H:%M")
-        return begin <= t <= end if begin <= end else (t >= begin or t <= end)
 
 
 @dataclass(frozen=True)
@@ -259,7 +233,6 @@ __all__ = [
     "PeriodicSnapshotTaskOwner",
     "RemovalDateOwner",
     "RetentionResult",
-    "Schedule",
     "SnapshotInfo",
     "SnapshotOwner",
     "Vote",

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.snapshots.naming import ParsedName, format_snapshot_name, parse_snapshot_name
 from middlewared_plugin.snapshots.retention import (
     PeriodicSnapshotTaskOwner,
-    Schedule,
     SnapshotInfo,
     Vote,
     lifetime_delta,
@@ -135,7 +135,7 @@ def test_lifetime_units_use_calendar_months_and_years():
 
 
 def test_schedule_window_wraps_midnight():
-    night = Schedule(minute="0", begin="22:00", end="02:00")
+    night = Schedule.from_api({"minute": "0", "begin": "22:00", "end": "02:00"})
     assert night.matches(datetime(2024, 1, 1, 23, 0))
     assert night.matches(datetime(2024, 1, 1, 1, 0))
     assert not night.matches(datetime(2024, 1, 1, 12, 0))
