@@ -44,6 +44,8 @@ class ApiModel(BaseModel):
 
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+#: Key material and host key lists are longer than TrueNAS's default 1024-character string limit.
+LongStr = Annotated[str, Field(max_length=65536)]
 
 
 class QueryOptions(ApiModel):

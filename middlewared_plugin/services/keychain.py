@@ -38,6 +38,7 @@ from middlewared_plugin.services.base import (
     ApiModel,
     CallContext,
     CRUDService,
+    LongStr,
     NonEmptyStr,
     Private,
     api_method,
@@ -49,8 +50,8 @@ SSH_CREDENTIALS = "SSH_CREDENTIALS"
 
 
 class SshKeyPairAttributes(ApiModel):
-    private_key: Annotated[str | None, Private] = None
-    public_key: str | None = None
+    private_key: Annotated[LongStr | None, Private] = None
+    public_key: LongStr | None = None
 
 
 class SshCredentialsAttributes(ApiModel):
@@ -58,7 +59,7 @@ class SshCredentialsAttributes(ApiModel):
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     username: NonEmptyStr = "root"
     private_key: int
-    remote_host_key: NonEmptyStr
+    remote_host_key: Annotated[LongStr, Field(min_length=1)]
     connect_timeout: Annotated[int, Field(ge=1)] = 10
 
 
@@ -142,7 +143,7 @@ class SemiAutomaticSetupArgs(ApiModel):
 class SshPair(ApiModel):
     remote_hostname: str
     username: str = "root"
-    public_key: NonEmptyStr
+    public_key: Annotated[LongStr, Field(min_length=1)]
 
 
 class SshPairArgs(ApiModel):
@@ -163,7 +164,7 @@ class ManualSetup(ApiModel):
     host: NonEmptyStr
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     username: NonEmptyStr = "root"
-    remote_host_key: NonEmptyStr
+    remote_host_key: Annotated[LongStr, Field(min_length=1)]
     connect_timeout: Annotated[int, Field(ge=1)] = 10
 
 

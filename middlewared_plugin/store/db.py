@@ -19,11 +19,36 @@ from middlewared_plugin.store import migrations
 T = TypeVar("T")
 
 
+class _HeldCommitConnection:
+    """The connection as sqlite-utils sees it inside `Store.transaction`.
+
+    sqlite-utils wraps each write in `with conn:`, which commits at once; that would end our transaction
+    halfway. Here entering/leaving the connection and `commit()` do nothing, so the transaction's own
+    BEGIN ... COMMIT/ROLLBACK decides.
+    """
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __enter__(self) -> _HeldCommitConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def commit(self) -> None:
+        pass
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite_utils.Database | None = None
+        self._tx_db: sqlite_utils.Database | None = None
 
     def _open(self) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -34,6 +59,7 @@ class Store:
         conn.isolation_level = "DEFERRED"
         migrations.apply(db)
         self._db = db
+        self._tx_db = sqlite_utils.Database(_HeldCommitConnection(conn))  # type: ignore[arg-type]
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -51,9 +77,16 @@ class Store:
     async def transaction(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run `fn(db)` in one transaction on the database thread."""
         def _tx() -> T:
-            assert self._db is not None
-            with self._db.conn:
-                return fn(self._db)
+            assert self._db is not None and self._tx_db is not None
+            conn = self._db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._tx_db)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
         return await self._run(_tx)
 
     # Document helpers ---------------------------------------------------------------------------------

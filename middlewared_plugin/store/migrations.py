@@ -39,8 +39,14 @@ def apply(db: sqlite_utils.Database) -> int:
     for number, migration in enumerate(MIGRATIONS, start=1):
         if number <= current:
             continue
-        with db.conn:
+        # Explicit BEGIN: sqlite3 opens implicit transactions only before DML, and migrations are mostly DDL.
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
             migration(db)
             db["schema_version"].insert({"version": number})
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
         current = number
     return current
