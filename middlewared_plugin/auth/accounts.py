@@ -1,6 +1,7 @@
 """Local users and API keys, stored in SQLite with hashed secrets; short-lived auth tokens in memory."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import secrets
 import time
@@ -42,7 +43,7 @@ class Accounts:
         found = await self._find_user(username)
         if found:
             uid, user = found
-            user["password"] = hash_password(password)
+            user["password"] = await asyncio.to_thread(hash_password, password)
             if roles is not None:
                 user["roles"] = roles
             await self._store.update("users", uid, user)
@@ -50,14 +51,15 @@ class Accounts:
         first = not await self._store.all("users")
         await self._store.insert("users", {
             "username": username,
-            "password": hash_password(password),
+            "password": await asyncio.to_thread(hash_password, password),
             "roles": roles if roles is not None else ([_roles.FULL_ADMIN] if first else [_roles.READONLY_ADMIN]),
         })
         return True
 
     async def check_password(self, username: str, password: str) -> Credentials | None:
         found = await self._find_user(username)
-        if not found or not verify_password(password, found[1]["password"]):
+        # scrypt is slow on purpose: off the event loop, or one login stalls every client.
+        if not found or not await asyncio.to_thread(verify_password, password, found[1]["password"]):
             return None
         return Credentials.for_user("LOGIN_PASSWORD", username, found[1]["roles"])
 
