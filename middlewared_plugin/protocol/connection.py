@@ -77,7 +77,10 @@ class Connection:
         try:
             rpc.validate_request(message)
         except rpc.InvalidRequest as exc:
-            if isinstance(message, dict) and "id" in message:
+            if isinstance(message, list):
+                # A batch has no id of its own; answered so the sender does not wait forever.
+                self._send(rpc.error_response(None, rpc.INVALID_REQUEST, str(exc)))
+            elif isinstance(message, dict) and "id" in message:
                 id_ = message["id"] if isinstance(message["id"], int | str) or message["id"] is None else None
                 self._send(rpc.error_response(id_, rpc.INVALID_REQUEST, str(exc)))
             return

@@ -86,6 +86,7 @@ class AuthService(Service):
         assert ctx.session is not None
         limiter = self.app.login_limiter
         if limiter.blocked(ctx.session.address):
+            check.close()  # never run: close it so the coroutine is not left un-awaited
             raise CallError("Rate Limit Exceeded", errno.EBUSY)
         credentials = await check
         if credentials is None:

@@ -149,8 +149,11 @@ class CoreService(Service):
 
     def _visible_job(self, ctx: CallContext, job_id: int) -> Job | StoredJob:
         job = self.app.jobs.get(job_id)
-        if job is None or not job.visible_to(ctx.credentials) and ctx.credentials is not None:
+        if job is None:
             raise CallError(f"Job {job_id} does not exist", errno.ENOENT)
+        # As TrueNAS: an existing job the caller may not access is EPERM (internal calls may access all).
+        if ctx.credentials is not None and not job.visible_to(ctx.credentials):
+            raise CallError("Not authorized", errno.EPERM)
         return job
 
     @api_method(QueryArgs, filterable=True)
@@ -193,8 +196,6 @@ class CoreService(Service):
         logs_path = job.logs_path if isinstance(job, Job) else job.doc.get("logs_path")
         if not logs_path:
             raise CallError("This job has no logs", errno.ENOENT)
-        if job.visible_to(ctx.credentials) is False and ctx.credentials is not None:
-            raise CallError("Not authorized", errno.EPERM)
         assert ctx.credentials is not None
         token = self.app.accounts.generate_token(ctx.credentials, 600, {"job": id, "filename": filename}, True)
         return f"/_download/{id}?auth_token={token}"
