@@ -20,6 +20,7 @@ from middlewared_plugin.jobs.job import Job
 from middlewared_plugin.jobs.manager import JobManager
 from middlewared_plugin.remote.runner import LocalRunner, Runner
 from middlewared_plugin.remote.ssh import runner_for_credentials
+from middlewared_plugin.scheduling.scheduler import Scheduler
 from middlewared_plugin.services.base import CallContext, MethodSpec, Service
 from middlewared_plugin.settings import Settings
 from middlewared_plugin.store.db import Store
@@ -50,6 +51,8 @@ class App:
         self.zfs_runner: Runner = (
             runner_for_credentials(settings.local_zfs_ssh) if settings.local_zfs_ssh else self.local_runner
         )
+        #: The minute scheduler services add their handlers to (in `setup`); tests step it with `tick`.
+        self.scheduler = Scheduler()
         self.services: dict[str, Service] = {}
         self.methods: dict[str, MethodSpec] = {}
         self.event_roles: dict[str, tuple[str, ...]] = {"core.get_jobs": ()}
@@ -73,8 +76,11 @@ class App:
         await self.jobs.load_history()
         for service in self.services.values():
             await service.setup()
+        if self.settings.scheduler_enabled:
+            self.scheduler.start()
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         for service in reversed(list(self.services.values())):
             try:
                 await service.shutdown()
@@ -143,4 +149,11 @@ class App:
 
     def _redact_job_arguments(self, method: str, arguments: list[Any]) -> list[Any]:
         spec = self.methods.get(method)
-        return spec.redact_arguments(arguments) if spec else arguments
+        if spec is None:
+            return arguments
+        if method == "core.bulk" and len(arguments) >= 2 and isinstance(arguments[1], list):
+            # Each inner call is redacted by the inner method's own argument model.
+            inner = self.methods.get(arguments[0])
+            if inner is not None:
+                arguments = [arguments[0], [inner.redact_arguments(p) for p in arguments[1]], *arguments[2:]]
+        return spec.redact_arguments(arguments)

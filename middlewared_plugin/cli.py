@@ -67,12 +67,12 @@ async def serve(settings: Settings) -> None:
     await app.start()
     server = ApiServer(app)
     await server.start()
-    print(f"middlewared-plugin listening on ws://{settings.listen_host}:{settings.listen_port}/api/current "
-          f"and ws+unix://{settings.unix_socket}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    print(f"middlewared-plugin listening on ws://{settings.listen_host}:{settings.listen_port}/api/current "
+          f"and ws+unix://{settings.unix_socket}", flush=True)
     await stop.wait()
     await server.stop()
     await app.stop()
