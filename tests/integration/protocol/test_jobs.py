@@ -422,6 +422,16 @@ async def test_private_arguments_are_redacted_in_jobs(raw, sampled: Sampled) -> 
     assert stored is not None and "hunter2" not in repr(stored)
 
 
+async def test_bulk_redacts_each_inner_call_by_the_inner_methods_model(raw, sampled: Sampled) -> None:
+    peer = await (await raw()).setup(legacy_jobs=True)
+    job_id = await peer.result("core.bulk", "auth.login", [["admin", "bulk-secret"]])
+    final = await peer.job_event(job_id, "SUCCESS")
+    assert final["arguments"][1] == [["admin", "********"]]
+    await asyncio.sleep(0.1)  # job history is written in the background
+    stored = await sampled.server.app.store.get("jobs", job_id)
+    assert stored is not None and "bulk-secret" not in repr(stored)
+
+
 # Visibility -----------------------------------------------------------------------------------------------
 
 async def test_unprivileged_users_see_only_their_own_jobs(raw, sampled: Sampled) -> None:
