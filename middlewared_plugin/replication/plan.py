@@ -417,6 +417,9 @@ class Plan:
             "ok": self.ok,
             "snapshots_total": self.snapshots_total,
             "estimated_bytes": self.estimated_bytes,
+            # Summaries for readers that do not walk every dataset: all conflicts, all destruction.
+            "conflicts": [_jsonable(c) for c in self.conflicts],
+            "destroys": [f"{dataset}@{snapshot}" for dataset, snapshot in self.destroys()],
             "datasets": [_jsonable(d) for d in self.datasets],
         }
 

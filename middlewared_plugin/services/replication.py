@@ -38,11 +38,15 @@ from middlewared_plugin.services.replication_models import (
     ListDatasetsArgs,
     NewSnapshotNameArgs,
     PairArgs,
+    PlanArgs,
     ReplicationConfig,
     ReplicationCreate,
     RestoreArgs,
+    RunArgs,
+    RunOnetimeArgs,
     TargetUnmatchedSnapshotsArgs,
 )
+from middlewared_plugin.services.replication_runs import ReplicationRuns
 from middlewared_plugin.services.replication_validation import Facts, check_task
 from middlewared_plugin.services.snapshottask import SnapshotTaskBinding
 from middlewared_plugin.snapshots.naming import format_snapshot_name, name_regex_matches, parse_snapshot_name
@@ -90,9 +94,44 @@ class ReplicationService(CRUDService):
     def __init__(self, app: App):
         super().__init__(app)
         self.states = ReplicationStates(app.store)
+        self.runs = ReplicationRuns(self)
 
     async def setup(self) -> None:
         await self.states.load()
+        await self.runs.setup()
+
+    async def resolve(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """A validated create-shaped definition as the entry the engine runs (credentials and snapshot tasks
+        as objects, secrets in clear)."""
+        ctx = CallContext(self.app, None)
+        doc = await self.before_save(ctx, definition, None)
+        return (await self.extend(ctx, [{"id": 0, **doc}]))[0]
+
+    # Runs -----------------------------------------------------------------------------------------------
+
+    @api_method(RunArgs, roles=WRITE, job=True, logs=True, read_roles=("REPLICATION_TASK_READ",))
+    async def run(self, ctx: CallContext, id: int, options: dict[str, Any]) -> None:
+        """Run a replication task now (also when it is disabled); progress and log live in the job."""
+        await self.runs.run(ctx, id)
+
+    @api_method(RunOnetimeArgs, roles=WRITE, job=True, logs=True)
+    async def run_onetime(self, ctx: CallContext, data: dict[str, Any]) -> None:
+        """Replicate once with an unsaved task definition."""
+        await self.runs.run_onetime(ctx, data)
+
+    @api_method(PlanArgs, roles=("REPLICATION_TASK_READ",))
+    async def plan(self, ctx: CallContext, task: int | dict[str, Any]) -> dict[str, Any]:
+        """What the next run would do, changing nothing: per dataset the base, the snapshots to send with
+        estimated bytes, what it would destroy (target retention, rollback, from scratch), and conflicts."""
+        internal = CallContext(self.app, None)
+        if isinstance(task, int):
+            entry = await self.get_instance(internal, task)
+        else:
+            verrors = ValidationErrors()
+            await self.validate(ctx, verrors, "replication_plan", task, None)
+            verrors.check()
+            entry = await self.resolve(task)
+        return await self.runs.plan(entry)
 
     # Entries -------------------------------------------------------------------------------------------
 
@@ -418,6 +457,10 @@ class ReplicationConfigService(ConfigService):
     table = "replication_config"
     entry_model = ReplicationConfig
     update_arg = "replication_config_update"
+
+    async def after_update(self, ctx: CallContext, config: dict[str, Any]) -> None:
+        # Waiting runs re-check the new limit at once.
+        await self.app.service("replication").runs.slots.set_max_parallel(config["max_parallel_replication_tasks"])
 
 
 __all__ = ["ReplicationConfigService", "ReplicationService", "target_dataset_for"]

@@ -10,7 +10,7 @@ from datetime import datetime, time, timedelta
 from typing import Annotated, Literal, TypeVar
 
 from croniter import croniter
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from middlewared_plugin.scheduling.schedule import Schedule
@@ -219,3 +219,37 @@ class PairArgs(ApiModel):
 class ReplicationConfig(ApiModel):
     max_parallel_replication_tasks: PositiveInt | None = 5
 
+
+
+class RunOptions(ApiModel):
+    #: Private in TrueNAS (v27): False for the watcher jobs of scheduled runs. Accepted and ignored here:
+    #: every run, manual or scheduled, is a real job.
+    really_run: bool = True
+
+
+class RunArgs(ApiModel):
+    id: int
+    options: RunOptions = RunOptions()
+
+
+_NOT_IN_ONETIME = {"name", "auto", "schedule", "only_matching_schedule", "enabled"}
+
+#: `replication_run_onetime`: the create fields minus what only a saved task has, plus one-time options.
+ReplicationRunOnetime = create_model(
+    "ReplicationRunOnetime",
+    __base__=ApiModel,
+    **{name: (info.annotation, info) for name, info in ReplicationCreate.model_fields.items()
+       if name not in _NOT_IN_ONETIME},
+    exclude_mountpoint_property=(bool, True),
+    only_from_scratch=(bool, False),
+    mount=(bool, True),
+)
+
+
+class RunOnetimeArgs(ApiModel):
+    replication_run_onetime: ReplicationRunOnetime  # type: ignore[valid-type]
+
+
+class PlanArgs(ApiModel):
+    #: A saved task's id, or an unsaved task definition (the `replication_create` shape).
+    replication_plan: int | ReplicationCreate
