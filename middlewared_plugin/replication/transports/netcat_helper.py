@@ -15,6 +15,8 @@ zfs reads or writes the socket itself (its stdin/stdout is the socket): no copy 
 The connecting side sends the token first; the listener closes connections with a wrong token and keeps
 waiting until `timeout`.
 """
+from __future__ import annotations
+
 import hmac
 import json
 import os
@@ -24,15 +26,15 @@ import sys
 import threading
 import time
 
-zfs = None
+zfs: subprocess.Popen[bytes] | None = None
 
 
-def emit(message):
+def emit(message: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
 
 
-def watch_stdin():
+def watch_stdin() -> None:
     # The SSH channel closing is the abort signal; the SIGKILL of our process group usually comes first.
     # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader aborts interpreter shutdown.
     while os.read(0, 65536):
@@ -42,7 +44,7 @@ def watch_stdin():
     os._exit(1)
 
 
-def bind(address, port_min, port_max):
+def bind(address: str | None, port_min: int, port_max: int) -> socket.socket:
     """A listening socket on the first free port in the range; dual-stack on all addresses when no address."""
     if address is None:
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -69,7 +71,7 @@ def bind(address, port_min, port_max):
     raise OSError(f"cannot listen on {address or 'any address'}")
 
 
-def read_token(conn, size, timeout):
+def read_token(conn: socket.socket, size: int, timeout: float) -> bytes:
     conn.settimeout(timeout)
     data = b""
     try:
@@ -83,7 +85,7 @@ def read_token(conn, size, timeout):
     return data
 
 
-def accept(server, token, timeout):
+def accept(server: socket.socket, token: bytes, timeout: float) -> socket.socket:
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -100,7 +102,7 @@ def accept(server, token, timeout):
         conn.close()
 
 
-def connect(address, port, token, timeout):
+def connect(address: str | None, port: int, token: bytes, timeout: float) -> socket.socket:
     if address is None:
         address = os.environ.get("SSH_CLIENT", "").split(" ")[0]
         if not address:
@@ -111,7 +113,7 @@ def connect(address, port, token, timeout):
     return conn
 
 
-def main():
+def main() -> int:
     global zfs
     config = json.loads(sys.stdin.buffer.readline())
     threading.Thread(target=watch_stdin, daemon=True).start()

@@ -95,7 +95,8 @@ async def big_pool_pair(pool_directory: Path) -> AsyncIterator[tuple[FilePool, F
         yield pools[0], pools[1]
     finally:
         for p in pools:
-            await destroy_pool(p.name, image=p.image)
+            # After an aborted receive zfs-fuse may report the pool busy for a minute or more.
+            await destroy_pool(p.name, image=p.image, busy_timeout=240)
 
 
 @pytest.fixture
