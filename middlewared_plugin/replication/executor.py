@@ -384,14 +384,40 @@ class Executor:
         elif receive.encryption.mode is EncryptionMode.INHERIT:
             features.require(Feature.ENCRYPTION, f"encrypting {target}")
             excludes.append("encryption")
+        no_mount = not receive.mount
+        if self.excluded_after_receive(receive, features):
+            # Without `recv -x` the properties arrive and are inherited right after; receiving unmounted
+            # keeps a source mountpoint from ever taking effect here.
+            excludes = [e for e in excludes if e not in receive.exclude_properties]
+            no_mount = True
         if excludes:
             features.require(Feature.RECV_EXCLUDE_PROPERTY, "properties_exclude")
         if overrides:
             features.require(Feature.RECV_OVERRIDE_PROPERTY, "properties_override or target encryption")
-        if not receive.mount:
+        if no_mount:
             features.require(Feature.RECV_NO_MOUNT, "receiving without mounting")
         return recv_argv(target, resumable=features.has(Feature.RECV_RESUMABLE), force=receive.force,
-                         no_mount=not receive.mount, exclude_properties=excludes, override_properties=overrides)
+                         no_mount=no_mount, exclude_properties=excludes, override_properties=overrides)
+
+    @staticmethod
+    def excluded_after_receive(receive: ReceiveOptions, features: Features) -> list[str]:
+        """Properties to exclude by `zfs inherit` after the receive, on a ZFS without `recv -x`."""
+        if features.has(Feature.RECV_EXCLUDE_PROPERTY):
+            return []
+        return list(receive.exclude_properties)
+
+    async def apply_exclusions(self, step: SendStep, features: Features) -> None:
+        excluded = self.excluded_after_receive(step.receive, features)
+        if not excluded:
+            return
+        recursive = isinstance(step, FullSend | IncrementalSend) and step.send.replicate
+        for prop in excluded:
+            await self.target.inherit_property(step.target, prop, recursive=recursive)
+            self.log(f"Excluded property {prop} on {step.target} (inherited after receive)")
+        if step.receive.mount:
+            props = await self.target.get_properties(step.target, ["mountpoint", "canmount"])
+            if props.get("mountpoint") not in ("legacy", "none", None) and props.get("canmount") != "off":
+                await self.target.mount(step.target)
 
     async def send(self, step: SendStep, weight: _StepWeight) -> None:
         source_features = await self.source.features()
@@ -405,6 +431,7 @@ class Executor:
                                                stall_timeout=self.options.stall_timeout)
             if key_file is not None:
                 await self.settle_key_location(step)
+        await self.apply_exclusions(step, target_features)
         self.result.bytes_sent += result.bytes
         for name in step.arrives:
             self.result.snapshots_sent.append(f"{step.target}@{name}")

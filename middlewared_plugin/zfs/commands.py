@@ -165,6 +165,13 @@ class Zfs:
         for key, value in properties.items():
             await self._run(["zfs", "set", f"{key}={value}", name])
 
+    async def mount(self, name: str) -> None:
+        """Mount a filesystem (and nothing else); one that is already mounted is left as it is."""
+        result = await self.runner.run(["zfs", "mount", name], check=False)
+        if result.returncode != 0 and "already mounted" not in result.stderr.decode(errors="replace"):
+            raise CommandFailed(self.runner.name, ["zfs", "mount", name], result.returncode,
+                                result.stderr.decode(errors="replace"))
+
     async def inherit_property(self, name: str, prop: str, *, recursive: bool = False) -> None:
         await self._run(["zfs", "inherit"] + (["-r"] if recursive else []) + [prop, name])
 

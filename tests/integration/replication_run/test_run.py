@@ -116,6 +116,27 @@ async def test_run_onetime_replicates_without_saving_a_task(server, pool_pair, l
     assert await client.call("replication.query") == []
 
 
+@pytest.mark.parametrize("exclude_mountpoint, expected", [(True, "inherited"), (False, "legacy")])
+async def test_run_onetime_excludes_the_mountpoint_unless_told_not_to(
+    server, pool_pair, local_zfs, exclude_mountpoint, expected,
+):
+    src_pool, dst_pool = pool_pair
+    source = f"{src_pool.name}/legacy"
+    await local_zfs.create_dataset(source, properties={"mountpoint": "legacy"})
+    await local_zfs.create_snapshots(source, "auto-2026-11-01_00-00")
+    client = await server.client()
+    definition = local_task(source, f"{dst_pool.name}/once", recursive=False,
+                            exclude_mountpoint_property=exclude_mountpoint)
+    for key in ("name", "auto"):
+        definition.pop(key)
+    await client.call("replication.run_onetime", definition, job=True)
+    mountpoint = (await local_zfs.get_properties(f"{dst_pool.name}/once", ["mountpoint"]))["mountpoint"]
+    if expected == "legacy":
+        assert mountpoint == "legacy"
+    else:
+        assert mountpoint != "legacy"
+
+
 async def test_run_onetime_reports_validation_errors_with_its_prefix(server, pool_pair):
     client = await server.client()
     with pytest.raises(CallError) as raised:
