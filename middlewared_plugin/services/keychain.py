@@ -13,7 +13,6 @@ import pwd
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
+from websockets.exceptions import WebSocketException
 
 from middlewared_plugin.client import Client
 from middlewared_plugin.errors import (
@@ -222,6 +222,14 @@ class KeychainCredentialService(CRUDService):
     encrypted_fields = ("attributes",)
     secret_fields = ("attributes",)
 
+    def _decode(self, id: int, doc: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return super()._decode(id, doc)
+        except CallError:
+            # Undecryptable (the data dir's secret key changed): list the entry with empty attributes, as
+            # TrueNAS does, so one bad row neither hides the others nor is ever used (get_of_type: EFAULT).
+            return {"id": id, **doc, "attributes": {}}
+
     # Validation -------------------------------------------------------------------------------------------
 
     async def _validate(self, verrors: ValidationErrors, schema: str, data: dict[str, Any], id: int | None) -> None:
@@ -262,10 +270,29 @@ class KeychainCredentialService(CRUDService):
         # TrueNAS's business validation says "keychain_credentials_update" (plural) here.
         await self._validate(verrors, "keychain_credentials_update", merged, id)
         verrors.check()
+        retired = await self._connections_of(old) if merged["attributes"] != old["attributes"] else []
         await self.save(id, merged)
+        # An idle pooled connection made with the old key would otherwise still be handed out (for up to
+        # its idle time), so a revoked key would keep "working" and a new one would go untested.
+        for attributes in retired:
+            await runner_for_credentials(attributes).close()
         entry = await self.get_instance(CallContext(self.app, None), id)
         self.publish("CHANGED", id, entry)
         return self.redact(ctx.credentials, entry)
+
+    async def _connections_of(self, credential: dict[str, Any]) -> list[dict[str, Any]]:
+        """Resolved connection attributes of every SSH_CREDENTIALS entry that `credential` is or feeds."""
+        ids = [credential["id"]] if credential["type"] == SSH_CREDENTIALS else [
+            c["id"] for c in await self.stored()
+            if c["type"] == SSH_CREDENTIALS and c["attributes"].get("private_key") == credential["id"]
+        ]
+        found = []
+        for id in ids:
+            try:
+                found.append(await self.connection_attributes(id))
+            except CallError:
+                continue  # never usable (no key pair, no private key): no connection to close
+        return found
 
     def _validate_entry(self, model: type[ApiModel], arg: str, data: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -359,7 +386,11 @@ class KeychainCredentialService(CRUDService):
 
     @api_method(HostKeyScanArgs, roles=("KEYCHAIN_CREDENTIAL_WRITE",))
     async def remote_ssh_host_key_scan(self, ctx: CallContext, data: dict[str, Any]) -> str:
-        return await scan_host_keys(data["host"], data["port"], data["connect_timeout"])
+        try:
+            return await scan_host_keys(data["host"], data["port"], data["connect_timeout"])
+        except UnicodeError as e:
+            # A malformed host name ("a..b", an over-long label) fails IDNA encoding before any lookup.
+            raise CallError(f"ssh-keyscan failed: invalid host name {data['host']!r}: {e}", errno.EINVAL) from None
 
     @api_method(SemiAutomaticSetupArgs, roles=("KEYCHAIN_CREDENTIAL_WRITE",))
     async def remote_ssh_semiautomatic_setup(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +406,7 @@ class KeychainCredentialService(CRUDService):
             "name": data["name"],
             "type": SSH_CREDENTIALS,
             "attributes": {
-                "host": urlsplit(data["url"]).hostname or data["url"],
+                "host": urlsplit(_remote_api_url(data["url"])).hostname or data["url"],
                 "port": pairing["port"],
                 "username": data["username"],
                 "private_key": data["private_key"],
@@ -387,7 +418,12 @@ class KeychainCredentialService(CRUDService):
     @api_method(SshPairArgs, private=True, roles=("KEYCHAIN_CREDENTIAL_WRITE",))
     async def ssh_pair(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
         """Authorize a remote system's public key for a local user; answer this host's SSH port and host keys."""
-        await asyncio.to_thread(_authorize_key, data["username"], data["public_key"])
+        user = await asyncio.to_thread(_pairing_user, data["username"])
+        if user.pw_shell.endswith("nologin") or user.pw_shell.endswith("/false"):
+            # A user that cannot log in cannot run zfs over SSH; TrueNAS gives it a shell when pairing.
+            shell = shutil.which("bash") or "/bin/sh"
+            await self.app.local_runner.run(["usermod", "-s", shell, user.pw_name])
+        await asyncio.to_thread(_authorize_key, user, data["public_key"])
         settings = self.app.settings
         hostname = socket.gethostname()
         keys = []
@@ -433,23 +469,32 @@ class KeychainCredentialService(CRUDService):
             raise
 
 
-async def _pair_with_remote(data: dict[str, Any], public_key: str) -> dict[str, Any]:
-    """Log in to the other server's API and have it authorize our public key (its `ssh_pair`)."""
-    base = data["url"].rstrip("/")
+def _remote_api_url(url: str) -> str:
+    """The other server's websocket API for the URL a user typed: http(s) becomes ws(s), no scheme means ws."""
+    base = url.strip().rstrip("/")
     if base.startswith("http"):
         base = "ws" + base[len("http"):]
     elif not base.startswith("ws"):
         base = f"ws://{base}"
-    client = Client(base + "/api/current", verify_ssl=data["verify_ssl"], call_timeout=data["connect_timeout"] + 20)
+    return base + "/api/current"
+
+
+async def _pair_with_remote(data: dict[str, Any], public_key: str) -> dict[str, Any]:
+    """Log in to the other server's API and have it authorize our public key (its `ssh_pair`)."""
+    client = Client(_remote_api_url(data["url"]), verify_ssl=data["verify_ssl"],
+                    call_timeout=data["connect_timeout"] + 20)
     try:
         await asyncio.wait_for(client.connect(), data["connect_timeout"])
     except ssl.SSLCertVerificationError as exc:
         raise CallError(f"Unable to connect to remote system: {exc}", ESSLCERTVERIFICATIONERROR) from None
-    except (OSError, TimeoutError, CallError) as exc:
+    # WebSocketException: something answered that is no websocket API (a web page, an SSH server...);
+    # ValueError: a URL the client cannot use.
+    except (OSError, TimeoutError, CallError, WebSocketException, ValueError) as exc:
         cause = exc.__cause__ if isinstance(exc, CallError) and exc.__cause__ else exc
         if isinstance(cause, ssl.SSLCertVerificationError):
             raise CallError(f"Unable to connect to remote system: {cause}", ESSLCERTVERIFICATIONERROR) from None
-        raise CallError(f"Unable to connect to remote system: {exc}", errno.ECONNREFUSED) from None
+        code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else errno.ECONNREFUSED
+        raise CallError(f"Unable to connect to remote system: {str(exc) or type(exc).__name__}", code) from None
     try:
         if data.get("token"):
             if not await client.login_with_token(data["token"]):
@@ -470,27 +515,29 @@ async def _pair_with_remote(data: dict[str, Any], public_key: str) -> dict[str, 
         await client.close()
 
 
-def _authorize_key(username: str, public_key: str) -> None:
+def _pairing_user(username: str) -> pwd.struct_passwd:
+    """The local user `ssh_pair` authorizes a key for; it must exist and have a home directory."""
     try:
         user = pwd.getpwnam(username)
     except KeyError:
         raise CallError(f"User {username} does not exist", errno.ENOENT) from None
+    if not Path(user.pw_dir).is_dir():
+        raise CallError(f"Home directory {user.pw_dir} does not exist", errno.ENOENT)
+    return user
+
+
+def _authorize_key(user: pwd.struct_passwd, public_key: str) -> None:
+    """Append `public_key` to the user's ~/.ssh/authorized_keys (once), both owned by the user and private."""
     home = Path(user.pw_dir)
-    if not home.is_dir():
-        raise CallError(f"Home directory {home} does not exist", errno.ENOENT)
-    if user.pw_shell.endswith("nologin") or user.pw_shell.endswith("/false"):
-        # A user that cannot log in cannot run zfs over SSH; TrueNAS gives it a shell when pairing.
-        shell = shutil.which("bash") or "/bin/sh"
-        subprocess.run(["usermod", "-s", shell, username], check=True, capture_output=True)
     ssh_dir = home / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(ssh_dir, user.pw_uid, user.pw_gid)
     authorized = ssh_dir / "authorized_keys"
     line = public_key.strip()
-    existing = authorized.read_text().splitlines() if authorized.exists() else []
-    if line not in existing:
+    text = authorized.read_text() if authorized.exists() else ""
+    if line not in text.splitlines():
         with authorized.open("a") as f:
-            if existing and not authorized.read_text().endswith("\n"):
+            if text and not text.endswith("\n"):
                 f.write("\n")
             f.write(line + "\n")
     authorized.chmod(0o600)

@@ -3,6 +3,7 @@
 Semi-automatic setup needs a second server (it plays the remote NAS) whose `ssh_pair` writes into a local
 user's `~/.ssh/authorized_keys`, and an sshd that reads that file. `pairing_sshd` is the test sshd with
 `.ssh/authorized_keys` added to its AuthorizedKeysFile; `local_users` makes users for it and removes them.
+Both the sshd and the remote server are shared by a test module: each test pairs its own throwaway users.
 Users that must run `zfs` get uid 0 (zfs-fuse's socket is root-only) but their own name and home.
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ class PairingSshd(SshdServer):
                                                        ".ssh/authorized_keys\n"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pairing_sshd() -> Iterator[PairingSshd]:
     with tempfile.TemporaryDirectory(prefix="sshd-") as tmp:
         sshd = PairingSshd(Path(tmp))
@@ -118,7 +119,7 @@ def local_users() -> Iterator[Callable[..., LocalUser]]:
         assert subprocess.run(["getent", "passwd", user.name], capture_output=True).returncode != 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def remote_nas(pairing_sshd: PairingSshd) -> AsyncIterator[TestServer]:
     """A second server playing the other NAS: its SSH port and host keys are the pairing sshd's."""
     data_dir = Path(tempfile.mkdtemp(prefix="mwp-remote-"))
