@@ -120,6 +120,8 @@ def _connect_error(params: SshParams, exc: BaseException) -> CallError:
         return CallError(f"SSH host {params.host!r} could not be resolved: {exc.strerror}", errno.EHOSTUNREACH)
     if isinstance(exc, OSError):
         return CallError(f"SSH connection to {where} failed: {exc.strerror or exc}", exc.errno or errno.EFAULT)
+    if isinstance(exc, UnicodeError):
+        return CallError(f"SSH host {params.host!r} is not a valid host name", errno.EINVAL)
     if isinstance(exc, asyncssh.Error):
         return CallError(f"SSH connection to {where} failed: {exc.reason}", errno.ECONNRESET)
     return CallError(f"SSH connection to {where} failed: {exc}", errno.EFAULT)
@@ -244,7 +246,8 @@ class SshConnectionPool:
                 host_based_auth=False,
                 x509_trusted_certs=None,
             )
-        except (OSError, asyncssh.Error, TimeoutError) as e:
+        # UnicodeError: a host name the IDNA codec refuses ("a..b").
+        except (OSError, asyncssh.Error, TimeoutError, UnicodeError) as e:
             raise _connect_error(params, e) from None
         self.connects += 1
         entry = _PooledConnection(params.pool_key, conn)
