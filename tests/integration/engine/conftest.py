@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from middlewared_plugin.devtools.zfs_fuse import DEFAULT_PREFIX, FilePool, create_file_pool, destroy_pool, new_pool_name
+from middlewared_plugin.devtools.zfs_fuse import DEFAULT_PREFIX, FilePool, create_file_pool, new_pool_name
 from middlewared_plugin.remote.runner import LocalRunner
 from middlewared_plugin.remote.ssh import SshConnectionPool, SshRunner, runner_for_credentials
 from middlewared_plugin.replication.executor import Progress
 from middlewared_plugin.zfs import Zfs
 from tests.fixtures.sshd import SshdServer
+from tests.fixtures.zfs import release_pool
 
 SCHEMA = "auto-%Y-%m-%d_%H-%M"
 T0 = datetime(2024, 5, 1, 10, 0)
@@ -95,8 +96,7 @@ async def big_pool_pair(pool_directory: Path) -> AsyncIterator[tuple[FilePool, F
         yield pools[0], pools[1]
     finally:
         for p in pools:
-            # After an aborted receive zfs-fuse may report the pool busy for a minute or more.
-            await destroy_pool(p.name, image=p.image, busy_timeout=240)
+            await release_pool(p)
 
 
 @pytest.fixture
