@@ -301,3 +301,18 @@ async def test_abort_kills_both_ends_and_the_next_run_succeeds(
     result = await transport.pipe(*argv, on_bytes=lambda n: None)
     assert result.bytes > 40_000_000
     assert await local_zfs.exists(f"{dst.name}/data@s1")
+
+
+@pytest.mark.parametrize("direction", ["PUSH", "PULL"])
+async def test_a_stalled_stream_is_killed_as_a_transient_failure(local_runner: LocalRunner, remote: SshRunner,
+                                                                 direction: str) -> None:
+    # A sender that never writes stands in for a hung `zfs send`; the transport runs whatever argv it gets.
+    silent = ["sleep", "37.5"]
+    transport = make_transport(direction, "LOCAL", local_runner, remote)
+    started = time.monotonic()
+    with pytest.raises(PipeFailed) as caught:
+        await transport.pipe(silent, ["cat"], on_bytes=lambda n: None, stall_timeout=1.0)
+    assert time.monotonic() - started < 10
+    assert caught.value.stage == "transport" and caught.value.transient
+    assert "no data for 1s" in caught.value.errmsg
+    assert await until(lambda: not processes(lambda cmdline: cmdline == b"sleep\0" + b"37.5\0"))
