@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from middlewared_plugin.client import DEFAULT_CALL_TIMEOUT, Client
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.settings import default_data_dir
+from middlewared_plugin.units import format_bytes, format_duration
 
 STDIN_ARG = "-"
 
@@ -96,20 +97,6 @@ def format_error(error: CallError) -> str:
     if error.extra is not None:
         lines.append(pprint.pformat(error.extra))
     return "\n".join(lines)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _number(value: Any) -> float | None:

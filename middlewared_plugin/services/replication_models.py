@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.services.base import ApiModel, NonEmptyStr, Private
-from middlewared_plugin.snapshots.naming import naming_schema_errors
+from middlewared_plugin.services.common import SnapshotNameSchema
 
 T = TypeVar("T")
 
@@ -36,17 +36,6 @@ def _unique(items: list[T]) -> list[T]:
 
 
 UniqueList = Annotated[list[T], AfterValidator(_unique)]
-
-
-def _naming_schema(value: str) -> str:
-    errors = naming_schema_errors(value)
-    if errors:
-        raise ValueError(errors[0])
-    return value
-
-
-#: zettarepl's naming-schema rules, reported as `Value error, <text>`.
-SnapshotNameSchema = Annotated[str, AfterValidator(_naming_schema)]
 
 
 def _hhmm(text: str) -> time:

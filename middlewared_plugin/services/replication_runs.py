@@ -22,6 +22,7 @@ from middlewared_plugin.replication.slots import RunSlots
 from middlewared_plugin.replication.transports.base import Transport
 from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.services.base import CallContext
+from middlewared_plugin.units import format_bytes
 
 if TYPE_CHECKING:
     from middlewared_plugin.services.replication import ReplicationService
@@ -33,14 +34,6 @@ RUN_METHOD = "replication.run"
 STATE_PROGRESS_INTERVAL = 0.5
 #: Properties a one-time run never sends unless overridden (as TrueNAS's run_onetime).
 ONETIME_EXCLUDED_PROPERTIES = ("mountpoint", "sharenfs", "sharesmb")
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def as_sentence(error: BaseException) -> str:
@@ -56,9 +49,9 @@ def progress_description(p: Progress) -> str:
     if p.dataset and p.snapshot:
         text += f": {p.dataset}@{p.snapshot}"
     if p.bytes_total:
-        text += f" ({human_bytes(p.bytes_sent)} / {human_bytes(p.bytes_total)})"
+        text += f" ({format_bytes(p.bytes_sent)} / {format_bytes(p.bytes_total)})"
     elif p.bytes_sent:
-        text += f" ({human_bytes(p.bytes_sent)})"
+        text += f" ({format_bytes(p.bytes_sent)})"
     return text
 
 
@@ -110,18 +103,19 @@ class ReplicationRuns:
                 if Schedule.from_api(task["schedule"]).matches(minute):
                     self.trigger(task["id"], "schedule")
 
-    async def on_snapshots_taken(self, snapshot_task: Any, snapshots: list[str]) -> None:
-        """Start enabled `auto` tasks bound to a periodic snapshot task that just took its snapshots."""
+    async def on_snapshots_taken(self, snapshot_task: dict[str, Any], snapshots: list[str]) -> None:
+        """Start enabled `auto` tasks bound to a periodic snapshot task (its stored entry) that just took
+        its snapshots."""
         now = self.app.scheduler.clock()
         for task in await self.service.stored():
             if not (task["enabled"] and task["auto"] and not task.get("schedule")):
                 continue
-            if snapshot_task.id not in task.get("periodic_snapshot_tasks", []):
+            if snapshot_task["id"] not in task.get("periodic_snapshot_tasks", []):
                 continue
             restrict = task.get("restrict_schedule")
             if restrict and not Schedule.from_api(restrict).matches(now):
                 continue
-            self.trigger(task["id"], f"periodic snapshot task {snapshot_task.id}")
+            self.trigger(task["id"], f"periodic snapshot task {snapshot_task['id']}")
 
     def trigger(self, task_id: int, reason: str) -> None:
         """Run a task automatically: now, or once after its current run (further triggers are dropped)."""
@@ -179,44 +173,66 @@ class ReplicationRuns:
             job.set_progress(description=reason)
             state.send({"state": "WAITING", "reason": reason})
 
-        async with self.slots.slot(footprint(task_key, task), waiting):
-            state.send({"state": "RUNNING"})
-            job.set_progress(0, "Listing snapshots")
+        def progress(p: Progress) -> None:
+            job.set_progress(p.percent, progress_description(p), progress_extra(p))
+            state.send_progress({
+                "state": "RUNNING",
+                "progress": {
+                    **progress_extra(p),
+                    "current": p.bytes_sent,
+                    "total": p.bytes_total,
+                },
+            })
 
-            def progress(p: Progress) -> None:
-                job.set_progress(p.percent, progress_description(p), progress_extra(p))
-                state.send_progress({
-                    "state": "RUNNING",
-                    "progress": {
-                        **progress_extra(p),
-                        "current": p.bytes_sent,
-                        "total": p.bytes_total,
-                    },
-                })
+        settled = False
 
-            transport = await self.transport_for(task)
-            try:
-                result = await run_task(task, transport, progress=progress, log=job.log, now=_wall_clock_now(),
-                                        mount=mount, only_from_scratch=only_from_scratch)
-            except asyncio.CancelledError:
+        async def settle(new_state: dict[str, Any]) -> None:
+            nonlocal settled
+            settled = True
+            state.send(new_state)
+            await state.flush()
+
+        async def fail(exc: BaseException) -> None:
+            if settled:
+                return
+            if isinstance(exc, asyncio.CancelledError):
                 job.log("Aborted: the target keeps what arrived so far; the next run continues from there")
-                state.send({"state": "ERROR", "error": "Replication was aborted."})
-                raise
-            except Exception as exc:
-                sentence = as_sentence(exc)
-                state.send({"state": "ERROR", "error": sentence})
-                raise CallError(sentence, exc.errno if isinstance(exc, CallError) else errno.EFAULT) from exc
-            finally:
-                await transport.close()
-        for line in result.warnings:
-            job.log(f"Warning: {line}")
-        job.log(f"Finished: {len(result.snapshots_sent)} snapshot(s) sent, {human_bytes(result.bytes_sent)}, "
-                f"{len(result.destroyed)} destroyed")
-        finished: dict[str, Any] = {"state": "FINISHED", "warnings": list(result.warnings)}
-        if result.snapshots_sent:
-            finished["last_snapshot"] = result.snapshots_sent[-1]
-        state.send(finished)
-        await state.flush()
+                await settle({"state": "ERROR", "error": "Replication was aborted."})
+            else:
+                await settle({"state": "ERROR", "error": as_sentence(exc)})
+
+        # The final state is written while the slot is still held, so a task taking the slot next never shows
+        # RUNNING next to one that still does. Whatever ends a run early (an abort while WAITING too, or
+        # credentials that cannot connect) leaves ERROR, never a stale WAITING/RUNNING.
+        try:
+            async with self.slots.slot(footprint(task_key, task), waiting):
+                state.send({"state": "RUNNING"})
+                job.set_progress(0, "Listing snapshots")
+                try:
+                    transport = await self.transport_for(task)
+                    try:
+                        result = await run_task(task, transport, progress=progress, log=job.log,
+                                                now=_wall_clock_now(), mount=mount,
+                                                only_from_scratch=only_from_scratch)
+                    finally:
+                        await transport.close()
+                except (Exception, asyncio.CancelledError) as exc:
+                    await fail(exc)
+                    raise
+                for line in result.warnings:
+                    job.log(f"Warning: {line}")
+                job.log(f"Finished: {len(result.snapshots_sent)} snapshot(s) sent, "
+                        f"{format_bytes(result.bytes_sent)}, {len(result.destroyed)} destroyed")
+                finished: dict[str, Any] = {"state": "FINISHED", "warnings": list(result.warnings)}
+                if result.snapshots_sent:
+                    finished["last_snapshot"] = result.snapshots_sent[-1]
+                await settle(finished)
+        except asyncio.CancelledError as exc:
+            await fail(exc)
+            raise
+        except Exception as exc:
+            await fail(exc)
+            raise CallError(as_sentence(exc), exc.errno if isinstance(exc, CallError) else errno.EFAULT) from exc
 
     # replication.run_onetime -----------------------------------------------------------------------------
 

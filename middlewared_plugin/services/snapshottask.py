@@ -25,14 +25,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, model_validator
+from croniter import croniter
+from pydantic import model_validator
 
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.scheduling.schedule import Schedule, validate_schedule
 from middlewared_plugin.services.base import ApiModel, CallContext, CRUDService, api_method
-from middlewared_plugin.snapshots.naming import naming_schema_errors
+from middlewared_plugin.services.common import SnapshotNameSchema
 from middlewared_plugin.snapshots.retention import SnapshotOwner, removal_date_property_name
 from middlewared_plugin.snapshots.taker import (
     PeriodicTask,
@@ -57,17 +58,6 @@ MAX_COUNT = 512
 MAX_TOTAL_COUNT = 10000
 
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-
-
-def _valid_naming_schema(value: str) -> str:
-    errors = naming_schema_errors(value)
-    if errors:
-        raise ValueError(errors[0])
-    return value
-
-
-#: A naming schema, checked as zettarepl does (errors read "Value error, <reason>").
-SnapshotNameSchema = Annotated[str, AfterValidator(_valid_naming_schema)]
 
 
 class CronWindowModel(ApiModel):
@@ -203,8 +193,12 @@ class PeriodicSnapshotTaskService(CRUDService):
         return self.states.get(periodic_snapshot_task_key(task_id)) or {"state": "PENDING"}
 
     async def extend(self, ctx: CallContext, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        now = self.app.scheduler.clock()
         for entry in entries:
-            entry["schedule_description"] = Schedule.from_api(entry["schedule"]).describe()
+            schedule = Schedule.from_api(entry["schedule"])
+            entry["schedule_description"] = schedule.describe()
+            # When the schedule fires next (enabled or not: clients say "disabled" themselves).
+            entry["next_run"] = _next_run(schedule, now)
             entry["vmware_sync"] = False
             entry["state"] = self.state_of(entry["id"])
         return entries
@@ -480,6 +474,20 @@ class PeriodicSnapshotTaskService(CRUDService):
             logger.warning("Retention could not destroy %s: %s", name, reason)
         for dataset, reason in report.skipped_datasets.items():
             logger.warning("Retention skipped %s: %s", dataset, reason)
+
+
+def _next_run(schedule: Schedule, now: datetime) -> datetime | None:
+    """The schedule's next firing after `now`, or None when it never fires inside its begin/end window.
+
+    Days are chosen independently of the time of day, so if any firing falls in the window, one does within
+    two days' worth of firings (at most 1440 a day). That bound keeps a window the cron never meets from
+    costing `Schedule.next_run`'s year-long search (about a minute) on every query."""
+    firings = croniter(schedule.cron, now.replace(second=0, microsecond=0))
+    for _ in range(2 * 24 * 60):
+        candidate: datetime = firings.get_next(datetime)
+        if schedule.in_window(candidate):
+            return candidate
+    return None
 
 
 def _describe(result: TakeResult) -> str:
