@@ -3,6 +3,8 @@
 import { ApiError } from "./api.js";
 import { button, errorBlock, h, uniqueId } from "./ui.js";
 
+const ENOENT = 2;
+
 function flatten(items, out = []) {
   for (const item of items || []) {
     out.push({ name: item.name || item.id, type: (item.type || "FILESYSTEM").toUpperCase() });
@@ -14,13 +16,17 @@ function flatten(items, out = []) {
 /** [{name, type}] for one side. Type is only known locally ("FILESYSTEM" | "VOLUME"); remote entries get null. */
 export async function loadDatasets(api, transport, sshCredentials) {
   if (transport === "LOCAL") {
+    const query = () => api.call("pool.dataset.query", [], { select: ["name", "type"], order_by: ["name"] });
     try {
-      return flatten(await api.call("pool.dataset.query", [], {}));
+      return flatten(await query());
     } catch (error) {
-      if (!(error instanceof ApiError && error.isMethodMissing)) throw error;
+      // A pool exported between the server's pool and dataset listings fails the whole query (ENOENT): the
+      // second try no longer sees that pool.
+      if (!(error instanceof ApiError && error.errno === ENOENT)) throw error;
+      return flatten(await query());
     }
   }
-  const names = await api.call("replication.list_datasets", transport, transport === "LOCAL" ? null : sshCredentials);
+  const names = await api.call("replication.list_datasets", transport, sshCredentials);
   return names.map((name) => ({ name, type: null }));
 }
 

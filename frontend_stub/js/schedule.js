@@ -1,7 +1,6 @@
 // Schedule picker: presets, custom cron (+ time window) or run once. The words describing a schedule always
 // come from the server (`core.describe_schedule`); the page computes no cron meaning itself.
 
-import { ApiError } from "./api.js";
 import { field, h, uniqueId } from "./ui.js";
 
 const ALL = { minute: "0", hour: "*", dom: "*", month: "*", dow: "*" };
@@ -13,8 +12,6 @@ export const PRESETS = {
 };
 const CRON_FIELDS = [["minute", "Minute"], ["hour", "Hour"], ["dom", "Day of month"], ["month", "Month"],
   ["dow", "Day of week"]];
-
-let describeMissing = false;
 
 function samePreset(schedule) {
   for (const [key, preset] of Object.entries(PRESETS)) {
@@ -88,7 +85,7 @@ export function scheduleEditor({ api, name = "schedule", value = null, runOnce =
       description.textContent = "Runs once, right after the task is saved; later runs are started by hand.";
       return;
     }
-    if (describeMissing || !api) {
+    if (!api) {
       description.textContent = "";
       return;
     }
@@ -96,13 +93,7 @@ export function scheduleEditor({ api, name = "schedule", value = null, runOnce =
       const text = await api.call("core.describe_schedule", schedule);
       if (mine === serial) description.textContent = text;
     } catch (error) {
-      if (mine !== serial) return;
-      if (error instanceof ApiError && error.isMethodMissing) {
-        describeMissing = true;
-        description.textContent = "";
-      } else {
-        description.textContent = error.message;
-      }
+      if (mine === serial) description.textContent = error.message;
     }
   }
 

@@ -139,17 +139,8 @@ export function toast(text, kind = "info") {
   setTimeout(() => item.remove(), kind === "error" ? 10000 : 5000);
 }
 
-/** The message shown where a feature needs a method the server does not offer yet. */
-export function missingNotice(error, what) {
-  const method = error && error.method ? error.method : "";
-  return h("div", { class: "notice missing", role: "status", testid: "missing-method" },
-    h("strong", {}, `${what}: not available on this server yet.`),
-    h("p", {}, method ? `The server does not provide the method ${method}.` : "The server does not provide it."));
-}
-
-/** Render an error (or a missing-method notice) into an element that replaces a page's content. */
+/** An error that replaces a page's (or a panel's) content. */
 export function errorBlock(error, what) {
-  if (error instanceof ApiError && error.isMethodMissing) return missingNotice(error, what);
   return h("div", { class: "notice error", role: "alert", testid: "page-error" },
     h("strong", {}, `${what}: `), error.message || String(error));
 }
@@ -207,7 +198,7 @@ export function formatDate(value) {
   if (!value) return "—";
   const date = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
-  return date.toLocaleString();
+  return date.toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" });
 }
 
 export function formatDuration(seconds) {
@@ -220,6 +211,12 @@ export function formatDuration(seconds) {
   if (hours) return `${hours} h ${minutes} min`;
   if (minutes) return `${minutes} min ${s} s`;
   return `${s} s`;
+}
+
+/** Text with line-break opportunities after "/", "@" and "_" (long dataset and snapshot names in tables). */
+export function breakable(text) {
+  const parts = String(text ?? "").split(/(?<=[/@_])/);
+  return h("span", {}, parts.flatMap((part, i) => (i ? [h("wbr"), part] : [part])));
 }
 
 /** Split a textarea/comma list into trimmed non-empty strings. */

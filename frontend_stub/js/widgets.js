@@ -1,11 +1,11 @@
 // Widgets used by several pages: job progress, job logs, the replication plan view.
 
 import { ApiError } from "./api.js";
-import { button, errorBlock, formatBytes, formatDuration, h, modal, toast } from "./ui.js";
+import { button, errorBlock, formatBytes, formatDate, formatDuration, h, modal, toast } from "./ui.js";
 
 /** A live progress block for a job; call `update(job)` with each job object. */
 export function jobProgress(testid = "job-progress") {
-  const bar = h("progress", { max: 100, value: 0, "aria-label": "Progress" });
+  const bar = h("progress", { max: 100, value: 0, "aria-label": "Progress", testid: `${testid}-bar` });
   const description = h("div", { class: "description", testid: `${testid}-description` });
   const bytes = h("span", { testid: `${testid}-bytes` });
   const rate = h("span", { testid: `${testid}-rate` });
@@ -14,35 +14,62 @@ export function jobProgress(testid = "job-progress") {
     description, bar, h("div", { class: "meta" }, bytes, rate, eta));
   function update(job) {
     const progress = job.progress || {};
-    if (typeof progress.percent === "number") bar.value = progress.percent;
+    const finished = job.state === "SUCCESS";
+    const percent = finished ? 100 : progress.percent;
+    if (typeof percent === "number") bar.value = percent;
     else bar.removeAttribute("value");
-    description.textContent = progress.description || (job.state === "WAITING" ? "Waiting to start…" : job.state || "");
+    bar.setAttribute("aria-valuetext", typeof percent === "number" ? `${percent}%` : "working");
+    element.dataset.state = job.state || "";
+    const text = progress.description || (job.state === "WAITING" ? "Waiting to start…" : "");
+    description.textContent = finished ? "Finished"
+      : job.state === "FAILED" || job.state === "ABORTED" ? `${job.state === "FAILED" ? "Failed" : "Aborted"}: ${job.error || text}`
+        : `${typeof percent === "number" ? `${percent}% · ` : ""}${text || "Starting…"}`;
     const extra = progress.extra && typeof progress.extra === "object" ? progress.extra : {};
     bytes.textContent = extra.bytes_sent != null
-      ? `${formatBytes(extra.bytes_sent)}${extra.bytes_total != null ? ` of ${formatBytes(extra.bytes_total)}` : ""}` : "";
-    rate.textContent = extra.rate != null ? `${formatBytes(extra.rate)}/s` : "";
-    eta.textContent = extra.eta != null ? `ETA ${formatDuration(extra.eta)}` : "";
+      ? `${formatBytes(extra.bytes_sent)}${extra.bytes_total ? ` of ${extra.bytes_total_exact === false ? "about " : ""}${formatBytes(extra.bytes_total)}` : ""}`
+      : "";
+    const active = job.state === "RUNNING" || job.state === "WAITING";
+    rate.textContent = active && extra.rate != null ? `${formatBytes(extra.rate)}/s` : "";
+    eta.textContent = active && extra.eta != null ? `ETA ${formatDuration(extra.eta)}` : "";
   }
   return { element, update };
 }
 
-/** Dialog with a job's log excerpt (or its error) and a link to download the full log. */
+/** The job's whole log as text (null when it has none or it cannot be fetched). */
+async function fetchLog(api, job) {
+  try {
+    const url = await api.call("core.job_download_logs", job.id, `job-${job.id}.log`);
+    const response = await fetch(url);
+    return response.ok ? await response.text() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Dialog with a job's log (or its error) and a button saving the full log as a file. */
 export function showJobLog(api, job, { title = "Log", state = null } = {}) {
   return modal(title, (close) => {
     const body = h("div", { testid: "log-dialog-body" });
     if (state) {
       body.append(h("p", {}, h("span", { class: `badge ${state.state}` }, state.state || "PENDING"),
-        state.error ? ` ${state.error}` : "", state.reason ? ` ${state.reason}` : ""));
+        state.datetime ? ` ${formatDate(state.datetime)}` : "",
+        state.error ? h("span", { class: "error" }, ` ${state.error}`) : "", state.reason ? ` ${state.reason}` : ""));
       for (const warning of state.warnings || []) body.append(h("p", { class: "notice warn" }, warning));
     }
     if (!job) {
-      body.append(h("p", { class: "muted", testid: "log-empty" }, "This task has not run since the server started; there is no log."));
+      body.append(h("p", { class: "muted", testid: "log-empty" }, "This task has not run yet: there is no log."));
     } else {
-      body.append(h("p", { class: "muted" }, `Job ${job.id} · ${job.method || ""} · ${job.state || ""}`));
+      body.append(h("p", { class: "muted" }, `Job ${job.id} · ${job.state || ""}`
+        + `${job.time_started ? ` · started ${formatDate(job.time_started)}` : ""}`
+        + `${job.time_finished ? ` · finished ${formatDate(job.time_finished)}` : ""}`));
       if (job.error) body.append(h("p", { class: "error" }, job.error));
-      body.append(h("pre", { testid: "log-excerpt" }, job.logs_excerpt || (job.state === "RUNNING" || job.state === "WAITING"
-        ? "The job is still running; the log is complete when it ends." : "No log excerpt.")));
-      const download = button("Download full log", async () => {
+      const pre = h("pre", { testid: "log-text", class: "log" }, job.logs_excerpt || "Loading the log…");
+      body.append(pre);
+      fetchLog(api, job).then((text) => {
+        if (text !== null) pre.textContent = text || "The log is empty.";
+        else if (!job.logs_excerpt) pre.textContent = "No log is available for this job.";
+      });
+      body.append(h("div", { class: "actions" }, button("Download full log", async () => {
         try {
           const url = await api.call("core.job_download_logs", job.id, `job-${job.id}.log`);
           const link = h("a", { href: url, download: `job-${job.id}.log` });
@@ -52,8 +79,8 @@ export function showJobLog(api, job, { title = "Log", state = null } = {}) {
         } catch (error) {
           toast(error.message, "error");
         }
-      }, { testid: "log-download" });
-      body.append(download);
+      }, { testid: "log-download" }), button("Close", () => close(), { testid: "log-close", kind: "primary" })));
+      return body;
     }
     body.append(h("div", { class: "actions" }, button("Close", () => close(), { testid: "log-close", kind: "primary" })));
     return body;
@@ -63,14 +90,14 @@ export function showJobLog(api, job, { title = "Log", state = null } = {}) {
 // The plan ------------------------------------------------------------------------------------------------
 
 const STEP_TEXT = {
-  create_parents: (s) => `Create ${(s.datasets || []).join(", ")}`,
+  create_parents: (s) => `Create the missing dataset(s) ${(s.datasets || []).join(", ")}`,
   discard_resume_token: (s) => `Discard the interrupted receive on ${s.dataset}${s.reason ? ` (${s.reason})` : ""}`,
   resume: (s) => `Resume the interrupted send of ${s.source}@${s.snapshot} → ${s.target}${estimate(s)}`,
-  full_send: (s) => `Full send ${s.source}@${s.snapshot} → ${s.target}${estimate(s)}${arrives(s)}`,
-  incremental_send: (s) => `Incremental send ${s.source}@${s.base} → @${s.snapshot} to ${s.target}${estimate(s)}${arrives(s)}`,
+  full_send: (s) => `Send ${s.source}@${s.snapshot} in full to ${s.target}${estimate(s)}${arrives(s)}`,
+  incremental_send: (s) => `Send the changes of ${s.source} from @${s.base} to @${s.snapshot} to ${s.target}${estimate(s)}${arrives(s)}`,
   destroy_snapshots: (s) => `Destroy on ${s.dataset}: ${(s.snapshots || []).join(", ")} (${reasonText(s.reason)})`,
   rollback: (s) => `Roll ${s.dataset} back to @${s.snapshot}${s.destroys && s.destroys.length ? `, destroying ${s.destroys.join(", ")}` : ""}`,
-  set_readonly: (s) => `Set readonly=on on ${s.dataset}`,
+  set_readonly: (s) => `Make ${s.dataset} read-only`,
 };
 
 function estimate(step) {
@@ -87,34 +114,55 @@ function reasonText(reason) {
   return { RETENTION: "target retention", FROM_SCRATCH: "replication from scratch" }[reason] || reason || "";
 }
 
-/** Render whatever `replication.plan` returned, readably; unknown shapes fall back to JSON. */
+/** Render what `replication.plan` returned: conflicts and destruction first, then each dataset's steps. */
 export function renderPlan(plan) {
   if (!plan || typeof plan !== "object") return h("pre", {}, JSON.stringify(plan, null, 2));
   const root = h("div", { class: "plan", testid: "plan" });
-  const summary = [];
-  if ("ok" in plan) summary.push(plan.ok ? "No conflicts." : "There are conflicts: the affected datasets will not be replicated.");
-  if (plan.snapshots_total != null) summary.push(`${plan.snapshots_total} snapshot(s) to send`);
-  if ("estimated_bytes" in plan) summary.push(plan.estimated_bytes == null ? "size unknown" : `about ${formatBytes(plan.estimated_bytes)}`);
-  root.append(h("p", { class: plan.ok === false ? "conflict" : "", testid: "plan-summary" }, summary.join(" · ")));
-  for (const note of plan.notes || []) root.append(h("p", { class: "notice info" }, note));
   const datasets = Array.isArray(plan.datasets) ? plan.datasets : [];
+  const conflicts = Array.isArray(plan.conflicts) ? plan.conflicts : datasets.flatMap((d) => d.conflicts || []);
+  const destroys = Array.isArray(plan.destroys) ? plan.destroys : [];
+  const summary = [];
+  if (plan.snapshots_total != null) summary.push(`${plan.snapshots_total} snapshot(s) to send`);
+  if ("estimated_bytes" in plan) {
+    summary.push(plan.estimated_bytes == null ? "size unknown" : `about ${formatBytes(plan.estimated_bytes)}`);
+  }
+  if (destroys.length) summary.push(`${destroys.length} snapshot(s) to destroy`);
+  root.append(h("p", { class: "plan-summary", testid: "plan-summary" },
+    h("span", { class: `badge ${conflicts.length ? "ERROR" : "FINISHED"}` }, conflicts.length ? "Conflicts" : "Ready"),
+    " ", summary.join(" · ")));
+  if (conflicts.length) {
+    root.append(h("div", { class: "notice error plan-conflicts", role: "alert", testid: "plan-conflicts" },
+      h("strong", {}, conflicts.length === 1 ? "1 conflict: this dataset will not be replicated until it is resolved."
+        : `${conflicts.length} conflicts: these datasets will not be replicated until they are resolved.`),
+      h("ul", {}, conflicts.map((c) => h("li", { testid: "plan-conflict" }, c.message || c.code || JSON.stringify(c))))));
+  }
+  if (destroys.length) {
+    root.append(h("div", { class: "notice warn", testid: "plan-destroys" },
+      h("strong", {}, "The run will destroy these snapshots:"),
+      h("ul", { class: "destroy" }, destroys.slice(0, 50).map((name) => h("li", {}, name))),
+      destroys.length > 50 ? h("p", {}, `…and ${destroys.length - 50} more.`) : null));
+  }
+  for (const note of plan.notes || []) root.append(h("p", { class: "notice info" }, note));
   if (!datasets.length) root.append(h("p", { class: "muted" }, "Nothing to replicate."));
   for (const ds of datasets) {
-    const box = h("section", { class: "dataset", testid: "plan-dataset" },
+    const box = h("section", { class: `dataset${(ds.conflicts || []).length ? " has-conflict" : ""}`, testid: "plan-dataset" },
       h("h3", {}, `${ds.source} → ${ds.target}`),
-      h("p", { class: "muted" }, ds.base ? `Common base: @${ds.base}` : "No common snapshot: the first send is a full one."));
+      h("p", { class: "muted" }, ds.base ? `Common snapshot: @${ds.base}; only what is newer is sent.`
+        : "No common snapshot: the first send is a full one."));
     if (ds.skipped) box.append(h("p", {}, `Skipped: ${ds.skipped}`));
     if (ds.depends_on) box.append(h("p", { class: "muted" }, `Needs ${ds.depends_on} to be created first.`));
     for (const conflict of ds.conflicts || []) {
-      box.append(h("p", { class: "conflict", testid: "plan-conflict" }, conflict.message || conflict.code || JSON.stringify(conflict)));
+      box.append(h("p", { class: "conflict" }, conflict.message || conflict.code));
     }
     const steps = ds.steps || [];
     if (steps.length) {
-      box.append(h("ul", {}, steps.map((step) => {
+      box.append(h("ol", { class: "plan-steps" }, steps.map((step) => {
         const text = STEP_TEXT[step.kind] ? STEP_TEXT[step.kind](step) : `${step.kind}: ${JSON.stringify(step)}`;
         const destructive = step.kind === "destroy_snapshots" || step.kind === "rollback";
         return h("li", { class: destructive ? "destroy" : "" }, text);
       })));
+    } else if (!ds.skipped && !(ds.conflicts || []).length) {
+      box.append(h("p", { class: "muted" }, "Up to date: nothing to send."));
     }
     for (const note of ds.notes || []) box.append(h("p", { class: "muted" }, note));
     root.append(box);
@@ -136,10 +184,22 @@ export function showPlan(api, taskOrId, title = "Replication plan") {
 
 export function planError(error) {
   if (error instanceof ApiError && error.fieldErrors.length) {
-    return h("div", { class: "notice error", role: "alert" }, h("strong", {}, "The plan could not be computed:"),
-      h("ul", {}, error.fieldErrors.map((e) => h("li", {}, `${e.attribute || "task"}: ${e.message}`))));
+    // A definition is checked against "task id or definition": drop the complaint that it is not an id.
+    const errors = error.fieldErrors.filter((e) => !/^replication_plan\.int$/.test(e.attribute || ""));
+    return h("div", { class: "notice error", role: "alert", testid: "plan-error" },
+      h("strong", {}, "The plan could not be computed; fix these first:"),
+      h("ul", {}, (errors.length ? errors : error.fieldErrors).map((e) => h("li", {},
+        `${fieldLabel(e.attribute)}: ${e.message}`))));
   }
   return errorBlock(error, "Plan preview");
+}
+
+/** `replication_plan.ReplicationCreate.also_include_naming_schema.0` → `also include naming schema (1)`. */
+function fieldLabel(attribute) {
+  if (!attribute) return "Task";
+  const parts = String(attribute).split(".").slice(1).filter((p) => !/^[A-Z][A-Za-z0-9]+$/.test(p));
+  const index = parts.length > 1 && /^\d+$/.test(parts[parts.length - 1]) ? ` (${Number(parts.pop()) + 1})` : "";
+  return `${parts.join(" ").replace(/_/g, " ")}${index}` || "Task";
 }
 
 function closeRow(close) {

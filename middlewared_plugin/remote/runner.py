@@ -101,6 +101,27 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close our ends of a killed process's stdin and stdout pipes. Killing does not always end them:
+    zfs-fuse's daemon holds the far ends of a `zfs send`/`zfs recv` pipe itself, and asyncio's wait() only
+    returns once every pipe is closed, so without this a killed receive would never be reaped (and the
+    daemon would block on the pipe, keeping its pool busy)."""
+    transport = proc._transport  # asyncio keeps the pipe transports only there
+    for fd in (0, 1):
+        pipe = transport.get_pipe_transport(fd)
+        if pipe is not None:
+            pipe.close()
+
+
+def _stream(spec: bool | int) -> int:
+    """What the child gets for stdin/stdout: our pipe (True), /dev/null (False) or the caller's fd (an int)."""
+    if isinstance(spec, bool):
+        return asyncio.subprocess.PIPE if spec else asyncio.subprocess.DEVNULL
+    if spec < 0:
+        raise ValueError(f"not a file descriptor: {spec}")
+    return spec
+
+
 class LocalProcess(Process):
     def __init__(self, argv: tuple[str, ...], proc: asyncio.subprocess.Process):
         self.argv = argv
@@ -141,6 +162,7 @@ class LocalProcess(Process):
 
     def kill(self) -> None:
         _kill_group(self._proc)
+        _close_pipes(self._proc)
 
     def stderr_text(self) -> str:
         return self._stderr.decode(errors="replace")
@@ -187,21 +209,23 @@ class LocalRunner(Runner):
             out, err = await asyncio.wait_for(proc.communicate(input), timeout)
         except TimeoutError:
             _kill_group(proc)
+            _close_pipes(proc)
             await proc.wait()
             raise CallError(f"[{self.name}] {' '.join(argv)}: timed out after {timeout}s", errno.ETIMEDOUT) from None
         except BaseException:
             _kill_group(proc)
+            _close_pipes(proc)
             raise
         result = CommandResult(argv, proc.returncode or 0, out, err)
         if check and result.returncode != 0:
             raise CommandFailed(self.name, argv, result.returncode, err.decode(errors="replace"))
         return result
 
-    async def start(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False) -> Process:
+    async def start(self, argv: Sequence[str], *, stdin: bool | int = False, stdout: bool | int = False) -> Process:
+        """As `Runner.start`; locally `stdin`/`stdout` may also be a file descriptor (an int) that the command
+        gets instead of a pipe of ours, so two commands can be joined by a pipe the caller made (see
+        `transports.local.run_pipeline`). The caller keeps its copy of the fd (close it once started); the
+        returned process then cannot be written to or read from on that side."""
         argv = tuple(argv)
-        proc = await self._spawn(
-            argv,
-            asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
-        )
+        proc = await self._spawn(argv, _stream(stdin), _stream(stdout))
         return LocalProcess(argv, proc)

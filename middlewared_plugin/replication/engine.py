@@ -138,9 +138,13 @@ async def _decode_token(zfs: Zfs, token: str) -> ResumeToken:
 
 
 def _dataset_info(ds: Dataset, snapshots: list[Snapshot], token: ResumeToken | None,
-                  wanted: Sequence[str]) -> DatasetInfo:
+                  wanted: Sequence[str], unlisted: Sequence[str] = ()) -> DatasetInfo:
     props = ds.user_properties
     written = props.get("written")
+    listed = {p: props[p] for p in wanted if p in props}
+    # Properties the source ZFS does not know (e.g. `pbkdf2iters` on zfs-fuse) cannot be ruled out by the
+    # dataset's type there: they apply, and the receiving ZFS decides (no value to report).
+    listed.update(dict.fromkeys(unlisted, ""))
     return DatasetInfo(
         name=ds.name,
         type=DatasetType(ds.type),
@@ -151,7 +155,7 @@ def _dataset_info(ds: Dataset, snapshots: list[Snapshot], token: ResumeToken | N
         encrypted=props.get("encryption", "off") != "off",
         referenced=ds.referenced,
         written=int(written) if written and written.isdigit() else None,
-        properties={p: props[p] for p in wanted if p in props} if wanted else None,
+        properties=listed if wanted or unlisted else None,
     )
 
 
@@ -160,6 +164,10 @@ async def list_side(zfs: Zfs, roots: Sequence[str], *, recursive: bool,
     """Datasets and snapshots under `roots` (missing roots are left out: the planner reports them)."""
     known = (await zfs.features()).properties
     extra = [p for p in ("encryption", "written") if p in known]
+    # Asking `zfs get` for a property it does not know fails the whole listing; user properties (with a
+    # colon) are always known.
+    unlisted = [p for p in properties if p not in known and ":" not in p]
+    properties = [p for p in properties if p not in unlisted]
     infos: list[DatasetInfo] = []
     for root in roots:
         try:
@@ -175,7 +183,7 @@ async def list_side(zfs: Zfs, roots: Sequence[str], *, recursive: bool,
             by_dataset.setdefault(s.dataset, []).append(s)
         for ds in datasets:
             token = await _decode_token(zfs, ds.receive_resume_token) if ds.receive_resume_token else None
-            infos.append(_dataset_info(ds, by_dataset.get(ds.name, []), token, properties))
+            infos.append(_dataset_info(ds, by_dataset.get(ds.name, []), token, properties, unlisted))
     return Listing.of(infos)
 
 

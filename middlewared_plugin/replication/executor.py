@@ -423,6 +423,9 @@ class Executor:
         source_features = await self.source.features()
         target_features = await self.target.features()
         send = self.send_argv(step, source_features)
+        if not isinstance(step, Resume) and step.send.raw:
+            # A raw stream keeps the source's encryption: only a ZFS with native encryption receives it.
+            target_features.require(Feature.ENCRYPTION, f"receiving the encrypted {step.source} as it is")
         async with self.key_file(step) as key_file:
             recv = await self.recv_argv(step.target, step.receive, target_features, key_file)
             self.meter.start(weight, step.source, step.snapshot)
@@ -442,7 +445,10 @@ class Executor:
 
     @contextlib.asynccontextmanager
     async def key_file(self, step: SendStep):  # type: ignore[no-untyped-def]
-        """For a new encryption root: the key in a 0600 file on the target (stdin, never argv), removed after."""
+        """For a new encryption root: the file `recv` reads the key from, 0600, written through stdin (never
+        argv). A key location that is a file gets the key and keeps it (`zfs load-key` reads it from there
+        later, as with zettarepl); otherwise ("$TrueNAS" keys, which this server keeps) a temporary file
+        that is removed after the receive."""
         if step.receive.encryption.mode is not EncryptionMode.NEW_KEY:
             yield None
             return
@@ -450,21 +456,37 @@ class Executor:
         if not self.options.encryption_key:
             raise CallError(f"Encrypting {step.target} needs an encryption key", errno.EINVAL)
         runner = self.target.runner
+        key = self.options.encryption_key.encode()
+        kept = _key_file_path(step.receive.encryption.key_location)
+        if kept is not None:
+            # install creates missing directories and an empty 0600 file; dd then fills it
+            await runner.run(["install", "-D", "-m", "600", "/dev/null", kept])
+            await runner.run(["dd", f"of={kept}", "status=none"], input=key)
+            yield kept
+            return
         path = (await runner.run(["mktemp", "-p", _KEY_DIRECTORY, "replication-key.XXXXXXXX"])).text.strip()
         try:
-            await runner.run(["dd", f"of={path}", "status=none"], input=self.options.encryption_key.encode())
+            await runner.run(["dd", f"of={path}", "status=none"], input=key)
             yield path
         finally:
             with contextlib.suppress(CallError):
                 await runner.run(["rm", "-f", "--", path], check=False)
 
     async def settle_key_location(self, step: SendStep) -> None:
-        """The temporary key file goes away: TrueNAS keeps "$TrueNAS" keys itself, others live where told."""
+        """After a receive from a temporary key file: "$TrueNAS" keys are typed in when loaded (`prompt`),
+        other locations ("prompt", URLs) are set as given. A kept key file is the keylocation already."""
         location = step.receive.encryption.key_location or TRUENAS_KEY_LOCATION
-        value = "prompt" if location == TRUENAS_KEY_LOCATION else (
-            location if "://" in location or location == "prompt" else f"file://{location}")
+        if _key_file_path(location) is not None:
+            return
+        value = "prompt" if location == TRUENAS_KEY_LOCATION else location
         await self.target.set_properties(step.target, {"keylocation": value})
 
+
+def _key_file_path(location: str | None) -> str | None:
+    """The target file a key location names ("/path" or "file:///path"); None for "$TrueNAS", "prompt", URLs."""
+    if location and location.startswith("file://"):
+        location = location[len("file://"):]
+    return location if location and location.startswith("/") else None
 
 async def execute(plan: Plan, transport: Transport, *, progress: ProgressCallback, log: Log,
                   options: ExecuteOptions = ExecuteOptions()) -> ExecuteResult:

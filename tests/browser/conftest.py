@@ -1,5 +1,5 @@
 """Browser fixtures: Debian's chromium driven by Playwright (async API, since the server fixture shares the
-test's event loop), one fresh browser context per test so sessionStorage starts empty."""
+test's event loop), one browser per session and a fresh context per test so sessionStorage starts empty."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_PRESENT = Path(CHROMIUM).exists()
@@ -21,8 +21,9 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
+    # One chromium for the session (about a second per launch); each test gets a fresh context.
     if not CHROMIUM_PRESENT:
         pytest.skip(f"{CHROMIUM} is not installed")
     async with async_playwright() as playwright:
@@ -53,3 +54,23 @@ async def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+async def screenshots(page: Page, name: str) -> None:
+    """`<name>-1280x800.png` and `<name>-390x844.png` (phone width), leaving the page at desktop size."""
+    await screenshot(page, f"{name}-1280x800")
+    await page.set_viewport_size(PHONE)
+    await screenshot(page, f"{name}-390x844")
+    await page.set_viewport_size(DESKTOP)
+
+
+def base_url(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}/"
+
+
+async def log_in(page: Page, server: TestServer, password: str = ADMIN_PASSWORD) -> None:
+    """Open the page and submit the login form as the admin (the caller checks the outcome)."""
+    await page.goto(base_url(server))
+    await page.get_by_label("Username", exact=True).fill(ADMIN)
+    await page.get_by_label("Password", exact=True).fill(password)
+    await page.get_by_test_id("login-submit").click()

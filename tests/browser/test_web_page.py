@@ -1,8 +1,7 @@
 """The web page (frontend_stub/) in a real chromium against the real server.
 
-What a user can do today: log in with a password or an API key, keep the session across a reload, log
-out, and see a clear message on pages whose server namespace does not exist yet (or the page itself once
-it does).
+Logging in (password or API key), keeping the session across a reload, logging out, the pages, and server
+validation errors next to their fields. The replication workflows are in test_replication_wizard.py.
 """
 from __future__ import annotations
 
@@ -13,22 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page, expect
 
-from tests.browser.conftest import DESKTOP, PHONE, screenshot
+from tests.browser.conftest import base_url, log_in, screenshot, screenshots
 from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
 from tests.fixtures.sshd import SshdServer
 
 pytestmark = pytest.mark.browser
-
-
-def base_url(server: TestServer) -> str:
-    return f"http://127.0.0.1:{server.port}/"
-
-
-async def log_in(page: Page, server: TestServer, password: str = ADMIN_PASSWORD) -> None:
-    await page.goto(base_url(server))
-    await page.get_by_label("Username", exact=True).fill(ADMIN)
-    await page.get_by_label("Password", exact=True).fill(password)
-    await page.get_by_test_id("login-submit").click()
 
 
 async def test_the_login_form_is_shown_first_and_a_password_login_opens_the_replication_page(
@@ -108,84 +96,50 @@ async def test_logout_returns_to_the_login_form_and_a_reload_stays_logged_out(pa
     await expect(page.get_by_test_id("login-form")).to_be_visible()
 
 
-# Pages whose namespaces other people are building: a clear message while the method is missing, the page
-# itself once it exists. (route, method the page loads with, testid shown when it works, screenshot name)
+# (navigation link, what the page shows once loaded, screenshot name)
 PAGES = [
-    ("nav-replication", "replication.query", "replication-list", "replication-list"),
-    ("nav-snapshot-tasks", "pool.snapshottask.query", "snapshot-task-list", "snapshot-tasks"),
-    ("nav-ssh", "keychaincredential.query", "ssh-page", "ssh-connections"),
+    ("nav-replication", "replication-list", "replication-list"),
+    ("nav-snapshot-tasks", "snapshot-task-list", "snapshot-tasks"),
+    ("nav-ssh", "ssh-page", "ssh-connections"),
 ]
 
 
-@pytest.mark.parametrize(("nav", "method", "content", "name"), PAGES)
-async def test_each_page_shows_its_content_or_says_which_server_method_is_missing(
-    page: Page, server: TestServer, nav: str, method: str, content: str, name: str,
-) -> None:
+@pytest.mark.parametrize(("nav", "content", "name"), PAGES)
+async def test_each_page_opens_from_the_navigation(page: Page, server: TestServer, nav: str, content: str,
+                                                  name: str) -> None:
     await log_in(page, server)
     await expect(page.get_by_test_id("current-user")).to_have_text(ADMIN)
     await page.get_by_test_id(nav).click()
     await expect(page.get_by_test_id(nav)).to_have_attribute("aria-current", "page")
-    if method in server.app.methods:
-        await expect(page.get_by_test_id(content)).to_be_visible()
-        await expect(page.get_by_test_id("missing-method")).to_have_count(0)
-    else:
-        notice = page.get_by_test_id("missing-method")
-        await expect(notice).to_be_visible()
-        await expect(notice).to_contain_text(method)
-    await screenshot(page, f"{name}-1280x800")
-    await page.set_viewport_size(PHONE)
-    await screenshot(page, f"{name}-390x844")
+    await expect(page.get_by_test_id(content)).to_be_visible()
+    await expect(page.get_by_test_id("page-error")).to_have_count(0)
+    await screenshots(page, name)
 
 
-async def test_the_wizard_and_the_advanced_form_open_whatever_the_server_offers(page: Page, server: TestServer) -> None:
+async def test_the_wizard_choices_carry_over_to_the_advanced_form(page: Page, server: TestServer) -> None:
     await log_in(page, server)
     await expect(page.get_by_test_id("current-user")).to_have_text(ADMIN)
     await page.get_by_test_id("replication-add").click()
     await expect(page.get_by_test_id("replication-wizard")).to_be_visible()
-    if "replication.query" not in server.app.methods:
-        await expect(page.get_by_test_id("missing-method").first).to_contain_text("replication.query")
     # Typed sources become chips and suggest the task name once a destination is typed.
     await page.get_by_test_id("wizard-source-input").fill("tank/src")
     await page.keyboard.press("Enter")
     await expect(page.get_by_test_id("wizard-sources")).to_contain_text("tank/src")
     await page.get_by_test_id("wizard-target").fill("backup/dst")
     await expect(page.get_by_test_id("wizard-name")).to_have_value("tank/src - backup/dst")
-    await screenshot(page, "wizard-1280x800")
-    await page.set_viewport_size(PHONE)
-    await screenshot(page, "wizard-390x844")
-    await page.set_viewport_size(DESKTOP)
+    await page.get_by_test_id("wizard-naming-schema").fill("manual-%Y-%m-%d_%H-%M")
 
     await page.get_by_test_id("wizard-advanced").click()
+
     await expect(page.get_by_test_id("replication-form")).to_be_visible()
     await expect(page.get_by_test_id("form-from-wizard")).to_be_visible()
     await expect(page.get_by_test_id("form-source_datasets")).to_have_value("tank/src")
     await expect(page.get_by_test_id("form-target_dataset")).to_have_value("backup/dst")
     await expect(page.get_by_test_id("form-transport")).to_have_value("LOCAL")
-    await screenshot(page, "advanced-form-1280x800")
-
-
-async def test_a_manual_ssh_connection_is_created_with_a_discovered_host_key_and_a_generated_key(
-    page: Page, server: TestServer, sshd: SshdServer,
-) -> None:
-    await log_in(page, server)
-    await page.get_by_test_id("nav-ssh").click()
-    await page.get_by_test_id("ssh-add").click()
-    dialog = page.get_by_test_id("ssh-dialog")
-    await dialog.get_by_label("Name", exact=True).fill("backup-host")
-    await dialog.get_by_test_id("ssh-setup-manual").check()
-    await dialog.get_by_label("Host", exact=True).fill(sshd.host)
-    await dialog.get_by_label("Port", exact=True).fill(str(sshd.port))
-    await dialog.get_by_test_id("ssh-discover").click()
-    await expect(dialog.get_by_label("Remote host key")).to_have_value(re.compile(r"^ssh-|^ecdsa-"))
-    await expect(dialog.get_by_label("Name of the new key pair")).to_have_value("backup-host Key")
-    await screenshot(page, "ssh-dialog-1280x800")
-
-    await dialog.get_by_test_id("ssh-save").click()
-
-    await expect(dialog).to_have_count(0)
-    await expect(page.get_by_test_id("ssh-table")).to_contain_text("backup-host")
-    await expect(page.get_by_test_id("ssh-table")).to_contain_text(sshd.host)
-    await expect(page.get_by_test_id("keypair-table")).to_contain_text("backup-host Key")
+    await expect(page.get_by_test_id("form-also_include_naming_schema")).to_have_value("manual-%Y-%m-%d_%H-%M")
+    # Fields of another transport are not offered.
+    await expect(page.get_by_test_id("form-section-ssh-netcat")).to_be_hidden()
+    await screenshots(page, "advanced-form")
 
 
 async def test_a_server_validation_error_appears_next_to_the_field_it_names(

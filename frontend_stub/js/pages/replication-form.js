@@ -1,7 +1,6 @@
 // The advanced replication form: every replication field (truenas-api.md §2.1.1). Used to create a task
 // (optionally carrying over the wizard's choices) and to edit a saved one.
 
-import { ApiError } from "../api.js";
 import { scheduleEditor } from "../schedule.js";
 import { button, errorBlock, field, h, showErrors, splitList, toast } from "../ui.js";
 import { showPlan } from "../widgets.js";
@@ -73,6 +72,9 @@ const SECTIONS = [
   ]],
 ];
 
+const NETCAT_FIELDS = ["netcat_active_side_listen_address", "netcat_active_side_port_min", "netcat_active_side_port_max",
+  "netcat_passive_side_connect_address"];
+
 export const DEFAULTS = {
   name: "", direction: "PUSH", transport: "SSH", ssh_credentials: null, sudo: false, enabled: true, logging_level: null,
   netcat_active_side: null, netcat_active_side_listen_address: null, netcat_active_side_port_min: null,
@@ -122,7 +124,7 @@ export async function render(ctx, page, [idText] = []) {
   try {
     connections = await api.call("keychaincredential.query", [["type", "=", "SSH_CREDENTIALS"]]);
   } catch (error) {
-    if (!(error instanceof ApiError && error.isMethodMissing)) toast(error.message, "error");
+    toast(`SSH connections could not be listed: ${error.message}`, "error");
   }
   try {
     snapshotTasks = await api.call("pool.snapshottask.query");
@@ -134,6 +136,7 @@ export async function render(ctx, page, [idText] = []) {
   form.append(h("div", { class: "form-errors", role: "alert", testid: "form-errors" }));
   const readers = {};
   const controls = {};
+  const sectionBoxes = {};
 
   for (const [title, fields] of SECTIONS) {
     const box = h("fieldset", { testid: `form-section-${title.toLowerCase().replace(/[^a-z]+/g, "-")}` }, h("legend", {}, title));
@@ -169,6 +172,7 @@ export async function render(ctx, page, [idText] = []) {
       } else if (kind === "snaptasks") {
         if (snapshotTasks) {
           control = field({ label, field: name, kind: "select", testid: `form-${name}`, attrs: { multiple: true, size: 4 },
+            hint: snapshotTasks.length ? "Ctrl+click chooses several." : "There are no periodic snapshot tasks yet.",
             options: snapshotTasks.map((t) => [String(t.id), `${t.dataset} (${t.naming_schema})${t.enabled ? "" : " — disabled"}`]) });
           for (const o of control.input.options) o.selected = (value || []).includes(Number(o.value));
           readers[name] = () => [...control.input.selectedOptions].map((o) => Number(o.value));
@@ -204,14 +208,46 @@ export async function render(ctx, page, [idText] = []) {
       controls[name] = control;
       grid.append(control.row);
     }
+    sectionBoxes[title] = box;
     form.append(box);
   }
+
+  // Fields that only mean something with another field's value are hidden (and sent empty) otherwise.
+  const transport = () => controls.transport.input.value;
+  const DEPENDENT = [
+    [() => transport() === "SSH+NETCAT", ["netcat_active_side", ...NETCAT_FIELDS]],
+    [() => transport() !== "LOCAL", ["ssh_credentials", "sudo"]],
+    [() => transport() === "SSH", ["compression", "speed_limit"]],
+    [() => controls.retention_policy.input.value === "CUSTOM", ["lifetime_value", "lifetime_unit", "lifetimes"]],
+    [() => controls.encryption.input.checked,
+      ["encryption_inherit", "encryption_key_format", "encryption_key", "encryption_key_location"]],
+  ];
+  const EMPTY = { sudo: false, lifetimes: [] };
+
+  function syncDependent() {
+    for (const [shown, names] of DEPENDENT) {
+      for (const n of names) controls[n].row.hidden = !shown();
+    }
+    sectionBoxes["SSH+NETCAT"].hidden = transport() !== "SSH+NETCAT";
+  }
+  controls.transport.input.addEventListener("change", () => {
+    // SSH+NETCAT needs an active side; this system listening is the usual choice.
+    if (transport() === "SSH+NETCAT" && !controls.netcat_active_side.input.value) {
+      controls.netcat_active_side.input.value = "LOCAL";
+    }
+    syncDependent();
+  });
+  for (const n of ["retention_policy", "encryption"]) controls[n].input.addEventListener("change", syncDependent);
+  syncDependent();
 
   function definition() {
     const data = {};
     for (const [name, read] of Object.entries(readers)) {
       const value = read();
       if (value !== undefined) data[name] = value;
+    }
+    for (const [shown, names] of DEPENDENT) {
+      if (!shown()) for (const n of names) data[n] = n in EMPTY ? EMPTY[n] : null;
     }
     if (data.encryption_key === REDACTED) delete data.encryption_key; // unchanged secret
     return data;

@@ -1,9 +1,16 @@
 // Replication tasks: list with live state, enable toggle, run now with progress, log, plan, edit, delete.
 
-import { button, confirmDialog, errorBlock, formatDate, h, toast } from "../ui.js";
+import { breakable, button, confirmDialog, errorBlock, formatDate, h, toast } from "../ui.js";
 import { jobProgress, showJobLog, showPlan } from "../widgets.js";
 
 const ACTIVE = new Set(["WAITING", "RUNNING"]);
+// A finished run's progress bar stays in its row this long, so a quick run can be seen to have completed.
+const RECENT_MS = 10 * 60 * 1000;
+
+function recent(job) {
+  const finished = job.time_finished instanceof Date ? job.time_finished.getTime() : null;
+  return finished !== null && Date.now() - finished < RECENT_MS;
+}
 
 export async function render(ctx, page) {
   const { api } = ctx;
@@ -38,10 +45,10 @@ export async function render(ctx, page) {
     tbody = h("tbody");
     rows.clear();
     for (const entry of tasks.values()) tbody.append(buildRow(entry));
-    body.replaceChildren(h("table", { class: "list", testid: "replication-table" },
+    body.replaceChildren(h("div", { class: "table-wrap" }, h("table", { class: "list", testid: "replication-table" },
       h("thead", {}, h("tr", {}, ["Name", "Direction", "Transport", "Source → Destination", "Schedule", "Enabled",
         "State", "Last snapshot", "Last run", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-      tbody));
+      tbody)));
   }
 
   function refreshRow(id) {
@@ -62,10 +69,10 @@ export async function render(ctx, page) {
     const id = entry.id;
     const state = entry.state && typeof entry.state === "object" ? entry.state : { state: String(entry.state || "PENDING") };
     const job = jobs.get(id) || entry.job || null;
-    const running = job && ACTIVE.has(job.state);
+    const running = Boolean(job && ACTIVE.has(job.state));
     const progress = jobProgress(`replication-progress-${id}`);
-    progress.element.hidden = !running;
-    if (running) progress.update(job);
+    progress.element.hidden = !(job && (running || recent(job)));
+    if (job) progress.update(job);
 
     const toggle = h("input", { type: "checkbox", checked: entry.enabled, testid: `replication-enabled-${id}`,
       "aria-label": `Enabled: ${entry.name}`,
@@ -97,17 +104,17 @@ export async function render(ctx, page) {
 
     const sources = (entry.source_datasets || []).join(", ");
     const tr = h("tr", { testid: `replication-row-${id}`, "data-task-id": id },
-      h("td", { "data-label": "Name" }, h("strong", {}, entry.name)),
+      h("td", { "data-label": "Name" }, h("strong", {}, breakable(entry.name))),
       h("td", { "data-label": "Direction" }, entry.direction),
       h("td", { "data-label": "Transport" }, entry.transport),
-      h("td", { "data-label": "Source → Destination" }, `${sources} → ${entry.target_dataset}`),
+      h("td", { "data-label": "Source → Destination" }, breakable(`${sources} → ${entry.target_dataset}`)),
       h("td", { "data-label": "Schedule", testid: `replication-schedule-${id}` }, scheduleText(entry)),
       h("td", { "data-label": "Enabled" }, toggle),
       h("td", { "data-label": "State" }, badge,
         state.error || state.reason ? h("p", { class: `state-detail ${state.error ? "error" : "muted"}` }, state.error || state.reason) : null,
         progress.element),
-      h("td", { "data-label": "Last snapshot" }, state.last_snapshot || "No snapshots sent yet"),
-      h("td", { "data-label": "Last run", class: "nowrap" }, formatDate(state.datetime)),
+      h("td", { "data-label": "Last snapshot" }, state.last_snapshot ? breakable(state.last_snapshot) : "None sent yet"),
+      h("td", { "data-label": "Last run" }, formatDate(state.datetime)),
       h("td", { "data-label": "Actions" }, actions));
     rows.set(id, { tr, progress });
     return tr;

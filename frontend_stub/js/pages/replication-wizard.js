@@ -1,7 +1,7 @@
 // The replication wizard (ADD): What and Where → When → Review, as in TrueNAS's "Remote Replication" guide.
 
 import { ApiError } from "../api.js";
-import { datasetBrowser } from "../datasets.js";
+import { datasetBrowser, loadDatasets } from "../datasets.js";
 import { scheduleEditor } from "../schedule.js";
 import { button, clearErrors, errorBlock, field, h, showErrors, splitList, toast } from "../ui.js";
 import { planError, renderPlan } from "../widgets.js";
@@ -11,9 +11,20 @@ import { DEFAULT_NAMING_SCHEMA } from "./snapshot-tasks.js";
 export const KEY_IN_DATABASE = "$TrueNAS";
 const STEPS = ["What and Where", "When", "Review"];
 const NEW_CONNECTION = "__new__";
+const DAILY = { minute: "0", hour: "0", dom: "*", month: "*", dow: "*" };
 
 function errorSlot(name) {
   return h("p", { class: "field-error", role: "alert", hidden: true, "data-error-for": name });
+}
+
+/** Show one message in a field row's error slot (for answers that are not a whole form's validation). */
+function fieldMessage(row, message) {
+  const slot = row.querySelector(".field-error");
+  slot.hidden = !message;
+  slot.textContent = message || "";
+  const control = row.querySelector("input, select, textarea");
+  if (message) control?.setAttribute("aria-invalid", "true");
+  else control?.removeAttribute("aria-invalid");
 }
 
 function radios(legend, name, choices, value, onchange) {
@@ -30,7 +41,7 @@ function randomHexKey() {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Snapshot tasks whose snapshots cover `dataset` (same dataset, or a recursive task on an ancestor). */
+/** Snapshot tasks whose snapshots cover `datasets` (same dataset, or a recursive task on an ancestor). */
 export function coveringTasks(tasks, datasets) {
   return tasks.filter((t) => datasets.some((d) => d === t.dataset || (t.recursive && d.startsWith(`${t.dataset}/`))));
 }
@@ -39,7 +50,7 @@ export async function render(ctx, page) {
   const { api } = ctx;
   const w = {
     step: 0, sourceLocation: "LOCAL", destLocation: "LOCAL", sources: [], nameTouched: false,
-    offerSnapshotTask: false, connections: [], saved: [],
+    offerSnapshotTask: false, countedSchemas: [], connections: [], saved: [], datasetCache: new Map(),
   };
   const notices = h("div", {});
   page.append(h("div", { class: "page-head" }, h("h1", {}, "Add Replication Task"),
@@ -53,9 +64,7 @@ export async function render(ctx, page) {
   try {
     w.connections = await listConnections(api);
   } catch (error) {
-    if (!(error instanceof ApiError && error.isMethodMissing)) notices.append(errorBlock(error, "SSH connections"));
-    else notices.append(h("p", { class: "hint", testid: "wizard-no-keychain" },
-      "Remote systems need SSH connections, which this server does not provide yet; local replication only."));
+    notices.append(errorBlock(error, "SSH connections"));
   }
 
   // --- controls ---------------------------------------------------------------------------------------
@@ -65,10 +74,12 @@ export async function render(ctx, page) {
   const load = field({ label: "Load previous replication task", field: "load", kind: "select", testid: "wizard-load",
     options: [["", "—"], ...w.saved.map((t) => [String(t.id), t.name])],
     hint: "Pre-fills the wizard; saving creates a new task and leaves the loaded one as it is." });
+  load.row.hidden = !w.saved.length;
 
-  const connectionSelect = (side) => field({ label: "SSH connection", field: side === "source" ? "ssh_credentials" : "ssh_credentials",
-    kind: "select", testid: `wizard-${side}-connection`,
-    options: [["", "Choose a connection"], ...w.connections.map((c) => [String(c.id), c.name]), [NEW_CONNECTION, "Create new SSH connection…"]] });
+  const connectionSelect = (side) => field({ label: "SSH connection", field: "ssh_credentials", kind: "select",
+    testid: `wizard-${side}-connection`,
+    options: [["", "Choose a connection"], ...w.connections.map((c) => [String(c.id), c.name]),
+      [NEW_CONNECTION, "Create new SSH connection…"]] });
   const sourceConn = connectionSelect("source");
   const destConn = connectionSelect("destination");
 
@@ -85,18 +96,25 @@ export async function render(ctx, page) {
   const recursive = field({ label: "Recursive", field: "recursive", kind: "checkbox", testid: "wizard-recursive",
     hint: "Also replicate the snapshots of every child dataset." });
   const schema = field({ label: "Snapshot naming schema", field: "naming_schema", testid: "wizard-naming-schema",
-    hint: "For example auto-%Y-%m-%d_%H-%M. Required for a remote source; optional for local sources (extra snapshots to include)." });
-  schema.row.append(errorSlot("also_include_naming_schema"), errorSlot("name_regex"));
-  const count = h("p", { class: "hint", testid: "wizard-snapshot-count", "aria-live": "polite" });
+    hint: " " });
+  const schemaHint = schema.row.querySelector(".hint");
+  // Whichever of these the server names, the message belongs next to the naming schema.
+  schema.row.append(errorSlot("also_include_naming_schema"), errorSlot("name_regex"), errorSlot("periodic_snapshot_tasks"));
+  const count = h("p", { class: "hint count", testid: "wizard-snapshot-count", "aria-live": "polite" });
   const createTask = field({ label: "Create a periodic snapshot task for the sources and take a snapshot now",
     field: "create_snapshot_task", kind: "checkbox", value: true, testid: "wizard-create-snapshot-task",
-    hint: "The sources have no snapshots yet: a daily task (auto-%Y-%m-%d_%H-%M, kept 2 weeks) is created and run before the replication is saved." });
+    hint: "The sources have no snapshots yet. When you start the replication, a snapshot task on the replication's "
+      + "schedule (daily for Run Once; keeps snapshots 2 weeks) is created and takes the first snapshot at once." });
+  createTask.row.classList.add("notice", "info");
   createTask.row.hidden = true;
 
   const target = field({ label: "Destination dataset", field: "target_dataset", testid: "wizard-target",
-    hint: "Choose or type a path. A new last name at the end of the path creates a new dataset." });
+    hint: "Choose or type a path. A new name at the end of the path creates a new dataset." });
+  const targetHint = h("p", { class: "hint", testid: "wizard-target-hint", "aria-live": "polite" });
+  target.row.insertBefore(targetHint, target.row.querySelector(".field-error"));
   const destBrowser = datasetBrowser({ api, testid: "wizard-destination", side: () => sideOf("destination"),
-    refuseVolumes: true, selected: () => [target.input.value], onPick: (name) => { target.input.value = name; suggestName(); } });
+    refuseVolumes: true, selected: () => [target.input.value],
+    onPick: (name) => { target.input.value = name; targetChanged(); } });
 
   const encryption = field({ label: "Encryption", field: "encryption", kind: "checkbox", testid: "wizard-encryption",
     hint: "Encrypt the new destination dataset with its own key." });
@@ -111,62 +129,73 @@ export async function render(ctx, page) {
   const keyLocation = field({ label: "Encryption key location on the target system", field: "encryption_key_location",
     testid: "wizard-key-location", hint: "A file path; the key is written there for the target to unlock the data." });
   storeKey.row.append(errorSlot("encryption_key_location"));
-  const encryptionPart = h("div", { class: "encryption-options" }, keyFormat.row, key.row, generate, storeKey.row, keyLocation.row);
+  const encryptionPart = h("div", { class: "encryption-options" }, keyFormat.row, key.row, generate, storeKey.row,
+    keyLocation.row);
 
   let security = "SSH";
   const netcatWarning = h("p", { class: "notice warn", testid: "wizard-netcat-warning", role: "note" },
-    "SSH+NETCAT sends the data unencrypted: it is fast but not protected. Use it only inside a network you fully trust.");
-  const portMin = field({ label: "Netcat port range: from", field: "netcat_active_side_port_min", kind: "number", testid: "wizard-port-min" });
-  const portMax = field({ label: "to", field: "netcat_active_side_port_max", kind: "number", testid: "wizard-port-max" });
+    h("strong", {}, "Not encrypted. "),
+    "SSH+NETCAT sends the data in the clear: it is faster, but anyone on the network path can read it. "
+    + "Use it only inside a network you fully trust.");
+  const portMin = field({ label: "Netcat ports: from", field: "netcat_active_side_port_min", kind: "number",
+    testid: "wizard-port-min", attrs: { min: 1, max: 65535 } });
+  const portMax = field({ label: "to", field: "netcat_active_side_port_max", kind: "number", testid: "wizard-port-max",
+    attrs: { min: 1, max: 65535 } });
   const netcatPart = h("div", {}, netcatWarning, h("div", { class: "inline" }, portMin.row, portMax.row),
-    h("p", { class: "hint" }, "Leave empty for the default ports; the advanced screen has every netcat option."));
-  const securityPart = h("fieldset", { testid: "wizard-security" }, h("legend", {}, "Security"),
-    radios("Transport", "security", [["SSH", "Encrypted (SSH)"], ["SSH+NETCAT", "Unencrypted (SSH+NETCAT)"]], security, (v) => {
-      security = v;
-      sync();
-    }), netcatPart, errorSlot("transport"), errorSlot("netcat_active_side"));
+    h("p", { class: "hint" }, "Leave empty for any free port; the advanced screen has every netcat option."));
+  const securityPart = h("fieldset", { testid: "wizard-security-part" }, h("legend", {}, "Security"),
+    radios("Transport", "security", [["SSH", "Encryption (SSH)"], ["SSH+NETCAT", "No encryption (SSH+NETCAT)"]],
+      security, (v) => { security = v; sync(); }),
+    netcatPart, errorSlot("transport"), errorSlot("netcat_active_side"));
 
   const name = field({ label: "Task name", field: "name", testid: "wizard-name",
     hint: "Suggested from the sources and destination; you can overwrite it." });
   name.input.addEventListener("input", () => { w.nameTouched = name.input.value !== ""; });
 
-  const schedule = scheduleEditor({ api, runOnce: true, window: false, label: "Replication schedule", testid: "wizard-schedule",
-    value: { minute: "0", hour: "0", dom: "*", month: "*", dow: "*" } });
-  schedule.element.append(errorSlot("auto"), errorSlot("periodic_snapshot_tasks"), errorSlot("only_matching_schedule"));
+  const schedule = scheduleEditor({ api, runOnce: true, window: false, label: "Replication schedule",
+    testid: "wizard-schedule", value: DAILY });
+  schedule.element.append(errorSlot("auto"), errorSlot("only_matching_schedule"));
   let retention = "SOURCE";
-  const lifeValue = field({ label: "Snapshot lifetime", field: "lifetime_value", kind: "number", value: 2, testid: "wizard-lifetime-value" });
+  const lifeValue = field({ label: "Snapshot lifetime", field: "lifetime_value", kind: "number", value: 2,
+    testid: "wizard-lifetime-value", attrs: { min: 1 } });
   const lifeUnit = field({ label: "Unit", field: "lifetime_unit", kind: "select", value: "WEEK",
-    options: ["HOUR", "DAY", "WEEK", "MONTH", "YEAR"], testid: "wizard-lifetime-unit" });
+    options: [["HOUR", "Hours"], ["DAY", "Days"], ["WEEK", "Weeks"], ["MONTH", "Months"], ["YEAR", "Years"]],
+    testid: "wizard-lifetime-unit" });
   const customLife = h("div", { class: "inline" }, lifeValue.row, lifeUnit.row);
-  const retentionPart = h("fieldset", { testid: "wizard-retention" }, h("legend", {}, "Destination snapshot lifetime"),
+  const retentionPart = h("fieldset", { testid: "wizard-retention-part" }, h("legend", {}, "Destination snapshot lifetime"),
     radios("Keep snapshots on the destination", "retention",
-      [["SOURCE", "Same as source"], ["CUSTOM", "Custom"], ["NONE", "Never delete"]], retention, (v) => { retention = v; sync(); }),
+      [["SOURCE", "Same as source"], ["CUSTOM", "Custom"], ["NONE", "Never delete"]], retention,
+      (v) => { retention = v; sync(); }),
     customLife, errorSlot("retention_policy"), errorSlot("lifetimes"));
 
   const review = h("div", { testid: "wizard-review" });
   const planBox = h("div", { testid: "wizard-plan" });
 
-  const sourceSide = h("fieldset", { testid: "wizard-source" }, h("legend", {}, "Source"),
+  const sourceSide = h("fieldset", { testid: "wizard-source-part" }, h("legend", {}, "Source"),
     radios("Source location", "source-location", [["LOCAL", "On this system"], ["REMOTE", "On a different system"]],
-      w.sourceLocation, (v) => { w.sourceLocation = v; if (v === "REMOTE") setDestLocation("LOCAL"); sync(); sourcesChanged(); }),
+      w.sourceLocation, (v) => setSourceLocation(v)),
     sourceConn.row, sourceInput.row, chips, sourceBrowser.element,
     errorSlot("exclude"), recursive.row, schema.row, count, createTask.row, errorSlot("direction"));
   const destRadios = radios("Destination location", "destination-location",
     [["LOCAL", "On this system"], ["REMOTE", "On a different system"]], w.destLocation, (v) => setDestLocation(v));
-  const destSide = h("fieldset", { testid: "wizard-destination" }, h("legend", {}, "Destination"),
+  const destSide = h("fieldset", { testid: "wizard-destination-part" }, h("legend", {}, "Destination"),
     destRadios, destConn.row, target.row, destBrowser.element, encryption.row, encryptionPart);
 
   const sections = [
-    h("section", { "data-step": 0, "aria-label": STEPS[0] }, load.row, sourceSide, destSide, securityPart, name.row),
-    h("section", { "data-step": 1, "aria-label": STEPS[1] }, schedule.element, retentionPart),
-    h("section", { "data-step": 2, "aria-label": STEPS[2] }, h("h2", {}, "Summary"), review, h("h2", {}, "Plan preview"), planBox),
+    h("section", { "data-step": 0, "aria-label": STEPS[0], testid: "wizard-step-0" },
+      load.row, h("div", { class: "sides" }, sourceSide, destSide), securityPart, name.row),
+    h("section", { "data-step": 1, "aria-label": STEPS[1], testid: "wizard-step-1" }, schedule.element, retentionPart),
+    h("section", { "data-step": 2, "aria-label": STEPS[2], testid: "wizard-step-2" },
+      h("h2", {}, "Summary"), review, h("h2", {}, "Plan preview"), planBox),
   ];
-  const stepList = h("ol", { class: "steps", testid: "wizard-steps" }, STEPS.map((s, i) => h("li", { "data-step": i }, `${i + 1}. ${s}`)));
+  const stepList = h("ol", { class: "steps", testid: "wizard-steps" },
+    STEPS.map((s, i) => h("li", { "data-step": i }, `${i + 1}. ${s}`)));
   const back = button("Back", () => go(w.step - 1), { testid: "wizard-back" });
   const next = button("Next", () => go(w.step + 1), { kind: "primary", testid: "wizard-next" });
   const advanced = button("Advanced Replication Creation", openAdvanced, { testid: "wizard-advanced" });
   const start = button("START REPLICATION", null, { type: "submit", kind: "primary", testid: "wizard-start" });
-  form.append(stepList, formErrors, ...sections, h("div", { class: "actions" }, advanced, back, next, start));
+  form.append(stepList, formErrors, ...sections,
+    h("div", { class: "actions wizard-actions" }, advanced, h("span", { class: "spacer" }), back, next, start));
   page.append(form);
 
   // --- behaviour --------------------------------------------------------------------------------------
@@ -177,10 +206,19 @@ export async function render(ctx, page) {
     return value && value !== NEW_CONNECTION ? { transport: "SSH", sshCredentials: Number(value) } : null;
   }
 
+  function setSourceLocation(v) {
+    w.sourceLocation = v;
+    // One side is always this system: a remote source means a local destination (PULL).
+    if (v === "REMOTE") setDestLocation("LOCAL");
+    sync();
+    sourcesChanged();
+  }
+
   function setDestLocation(v) {
     w.destLocation = v;
     destRadios.querySelector(`input[value="${v}"]`).checked = true;
     sync();
+    targetChanged();
   }
 
   function remote() {
@@ -191,9 +229,14 @@ export async function render(ctx, page) {
     sourceConn.row.hidden = w.sourceLocation !== "REMOTE";
     destConn.row.hidden = w.destLocation !== "REMOTE";
     destRadios.querySelector('input[value="REMOTE"]').disabled = w.sourceLocation === "REMOTE";
-    schema.input.required = w.sourceLocation === "REMOTE";
-    schema.row.querySelector("label").textContent = w.sourceLocation === "REMOTE"
-      ? "Snapshot naming schema (required)" : "Snapshot naming schema (optional)";
+    const remoteSource = w.sourceLocation === "REMOTE";
+    schema.input.required = remoteSource;
+    schema.row.querySelector("label").textContent = remoteSource
+      ? "Snapshot naming schema (required)" : "Also include naming schema (optional)";
+    schemaHint.textContent = remoteSource
+      ? "Which remote snapshots to replicate, for example auto-%Y-%m-%d_%H-%M. Several: separate with commas."
+      : "Snapshots of the periodic snapshot tasks on the sources are included anyway; add a schema here to include "
+        + "other snapshots too, for example manual-%Y-%m-%d_%H-%M.";
     encryptionPart.hidden = !encryption.input.checked;
     keyLocation.row.hidden = storeKey.input.checked;
     generate.hidden = keyFormat.input.value !== "HEX";
@@ -215,12 +258,14 @@ export async function render(ctx, page) {
     w.step = Math.max(0, Math.min(STEPS.length - 1, step));
     sync();
     if (w.step === 2) showReview();
-    sections[w.step].querySelector("input:not([type=hidden]), select, textarea, button")?.focus();
+    sections[w.step].querySelector("input:not([type=hidden]):not([disabled]), select, textarea, button")?.focus();
+    window.scrollTo?.(0, 0);
   }
 
   function drawChips() {
     chips.replaceChildren(...w.sources.map((s) => h("li", { class: "chip" }, s,
-      h("button", { type: "button", "aria-label": `Remove ${s}`, testid: `wizard-source-remove-${s}`, onclick: () => removeSource(s) }, "×"))));
+      h("button", { type: "button", "aria-label": `Remove ${s}`, testid: `wizard-source-remove-${s}`,
+        onclick: () => removeSource(s) }, "×"))));
   }
 
   function addSources(names) {
@@ -241,6 +286,10 @@ export async function render(ctx, page) {
       addSource.click();
     }
   });
+  // Typing a name and moving on without pressing Enter still chooses it.
+  sourceInput.input.addEventListener("change", () => {
+    if (sourceInput.input.value.trim()) addSource.click();
+  });
 
   function suggestName() {
     if (w.nameTouched) return;
@@ -248,11 +297,65 @@ export async function render(ctx, page) {
     name.input.value = w.sources.length && tgt ? `${w.sources.join(",")} - ${tgt}` : "";
   }
 
+  /** Dataset names of one side, fetched once per side and connection. */
+  async function datasetsOf(where) {
+    const cacheKey = `${where.transport}:${where.sshCredentials ?? ""}`;
+    if (!w.datasetCache.has(cacheKey)) {
+      const request = loadDatasets(api, where.transport, where.sshCredentials);
+      request.catch(() => w.datasetCache.delete(cacheKey));
+      w.datasetCache.set(cacheKey, request);
+    }
+    return w.datasetCache.get(cacheKey);
+  }
+
+  let targetSerial = 0;
+  let targetTimer = null;
+  function targetChanged() {
+    suggestName();
+    clearTimeout(targetTimer);
+    targetTimer = setTimeout(describeTarget, 300);
+  }
+
+  /** Say whether the typed destination exists, will be created, or cannot be created. */
+  async function describeTarget() {
+    const mine = ++targetSerial;
+    const path = target.input.value.trim().replace(/\/+$/, "");
+    const where = sideOf("destination");
+    if (!path || !where) {
+      targetHint.textContent = "";
+      return;
+    }
+    let list;
+    try {
+      if (!targetHint.textContent) targetHint.textContent = "Checking the destination…";
+      list = await datasetsOf(where);
+    } catch (error) {
+      if (mine === targetSerial) targetHint.textContent = `Could not list the destination's datasets: ${error.message}`;
+      return;
+    }
+    if (mine !== targetSerial) return;
+    const found = list.find((d) => d.name === path);
+    const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : null;
+    if (found && found.type === "VOLUME" && w.destLocation === "REMOTE") {
+      targetHint.textContent = `${path} is a zvol: a zvol cannot be a remote replication destination.`;
+    } else if (found) {
+      targetHint.textContent = `${path} exists; replicated snapshots are received into it.`;
+    } else if (parent && list.some((d) => d.name === parent)) {
+      targetHint.textContent = `${path} does not exist yet: the first run creates it under ${parent}.`;
+    } else if (parent) {
+      targetHint.textContent = `${path} does not exist yet; the missing parents up to it are created too.`;
+    } else {
+      targetHint.textContent = `There is no pool named ${path}: choose a dataset inside a pool.`;
+    }
+  }
+
   let countSerial = 0;
   async function sourcesChanged() {
     suggestName();
     const mine = ++countSerial;
     w.offerSnapshotTask = false;
+    w.countedSchemas = [];
+    fieldMessage(schema.row, "");
     const where = sideOf("source");
     if (!w.sources.length || !where) {
       count.textContent = "";
@@ -261,14 +364,15 @@ export async function render(ctx, page) {
     }
     let schemas = splitList(schema.input.value);
     if (!schemas.length && where.transport !== "LOCAL") {
-      count.textContent = "Enter the naming schema of the remote snapshots to count them.";
+      count.textContent = "Enter the naming schema of the remote snapshots to see how many will replicate.";
       sync();
       return;
     }
     if (!schemas.length) {
+      // Nothing typed: count with the schemas this system's tasks use (the snapshots they will replicate).
       try {
         schemas = await api.call("replication.list_naming_schemas");
-      } catch { /* fall back to the default schema below */ }
+      } catch { /* counted with the default schema below */ }
       if (!schemas.length) schemas = [DEFAULT_NAMING_SCHEMA];
     }
     count.textContent = "Counting snapshots…";
@@ -277,12 +381,20 @@ export async function render(ctx, page) {
         datasets: w.sources, naming_schema: schemas, transport: where.transport, ssh_credentials: where.sshCredentials,
       });
       if (mine !== countSerial) return;
-      count.textContent = `${result.eligible} of ${result.total} snapshot(s) match the naming schema and will be replicated.`;
+      w.countedSchemas = schemas;
+      count.textContent = result.total === 0
+        ? "The sources have no snapshots yet."
+        : `${result.eligible} of ${result.total} snapshot(s) will replicate (those named like ${schemas.join(", ")}).`;
       w.offerSnapshotTask = where.transport === "LOCAL" && result.total === 0;
     } catch (error) {
       if (mine !== countSerial) return;
-      count.textContent = error instanceof ApiError && error.isMethodMissing
-        ? "Snapshot counting is not available on this server yet." : `Could not count snapshots: ${error.message}`;
+      const placed = error instanceof ApiError && error.fieldErrors.find((e) => /naming_schema/.test(e.attribute || ""));
+      if (placed) {
+        fieldMessage(schema.row, placed.message);
+        count.textContent = "";
+      } else {
+        count.textContent = `Could not count snapshots: ${error.message}`;
+      }
     }
     sync();
   }
@@ -302,10 +414,11 @@ export async function render(ctx, page) {
         }
       }
       if (side === "source") sourcesChanged();
+      else targetChanged();
     });
   }
   schema.input.addEventListener("change", sourcesChanged);
-  target.input.addEventListener("input", suggestName);
+  target.input.addEventListener("input", targetChanged);
   for (const el of [encryption.input, storeKey.input, keyFormat.input]) el.addEventListener("change", sync);
 
   load.input.addEventListener("change", () => {
@@ -343,7 +456,12 @@ export async function render(ctx, page) {
     lifeUnit.input.value = t.lifetime_unit || "WEEK";
     w.nameTouched = false;
     sourcesChanged();
+    targetChanged();
     sync();
+  }
+
+  function offerTaken() {
+    return !createTask.row.hidden && createTask.input.checked;
   }
 
   /** The task definition (create shape) the wizard's choices describe. */
@@ -365,14 +483,19 @@ export async function render(ctx, page) {
       retention_policy: retention,
       enabled: true,
     };
-    if (direction === "PULL") task.naming_schema = schemas;
-    else {
+    if (direction === "PULL") {
+      task.naming_schema = schemas;
+    } else {
       task.also_include_naming_schema = schemas;
-      if (w.sourceLocation === "LOCAL" && w.sources.length) {
+      if (w.sources.length) {
         try {
-          const tasks = await api.call("pool.snapshottask.query");
-          task.periodic_snapshot_tasks = coveringTasks(tasks, w.sources).map((t) => t.id);
-        } catch { /* no snapshot tasks service: the server's validation explains what is missing */ }
+          task.periodic_snapshot_tasks = coveringTasks(await api.call("pool.snapshottask.query"), w.sources)
+            .map((t) => t.id);
+        } catch { /* the server's validation explains what is missing */ }
+      }
+      // Nothing typed and no snapshot task: the snapshots counted above are the ones to replicate.
+      if (!schemas.length && !(task.periodic_snapshot_tasks || []).length && !offerTaken()) {
+        task.also_include_naming_schema = [...w.countedSchemas];
       }
     }
     if (retention === "CUSTOM") {
@@ -395,24 +518,38 @@ export async function render(ctx, page) {
     return task;
   }
 
+  let reviewSerial = 0;
   async function showReview() {
+    const mine = ++reviewSerial;
     const task = await buildTask();
     const { mode } = schedule.get();
     const described = form.querySelector("[data-testid=wizard-schedule-description]").textContent;
+    const connection = w.connections.find((c) => c.id === task.ssh_credentials);
+    const where = (location) => (location === "LOCAL" ? "this system" : connection ? connection.name : "(no connection)");
     review.replaceChildren(h("dl", { class: "summary" },
-      ...[["Name", task.name || "(none)"], ["Direction", `${task.direction} over ${task.transport}`],
-        ["Sources", task.source_datasets.join(", ") || "(none)"], ["Destination", task.target_dataset || "(none)"],
+      ...[["Name", task.name || "(none)"],
+        ["Direction", `${task.direction}, ${{ LOCAL: "on this system", SSH: "over SSH (encrypted)",
+          "SSH+NETCAT": "over SSH+NETCAT (not encrypted)" }[task.transport]}`],
+        ["Sources", `${task.source_datasets.join(", ") || "(none)"} on ${where(w.sourceLocation)}`],
+        ["Destination", `${task.target_dataset || "(none)"} on ${where(w.destLocation)}`],
         ["Schedule", mode === "once" ? "Run once, right after saving" : described || mode],
-        ["Destination retention", { SOURCE: "Same as source", CUSTOM: `${task.lifetime_value} ${task.lifetime_unit}`, NONE: "Never delete" }[retention]],
-        ["Encryption", task.encryption ? `${task.encryption_key_format}, key ${task.encryption_key_location === KEY_IN_DATABASE ? "stored in the database" : `at ${task.encryption_key_location}`}` : "No"],
-      ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-    createTask.row.hidden ? null : h("p", { class: "notice info" }, createTask.input.checked
-      ? "A periodic snapshot task will be created for the sources and run once before saving." : "No snapshot task will be created."));
+        ["Destination retention", { SOURCE: "Same as source", CUSTOM: `${task.lifetime_value} ${String(task.lifetime_unit).toLowerCase()}(s)`,
+          NONE: "Never delete" }[retention]],
+        ["Encryption", task.encryption ? `${task.encryption_key_format}, key ${task.encryption_key_location === KEY_IN_DATABASE
+          ? "stored in this system's database" : `at ${task.encryption_key_location}`}` : "No"],
+      ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    if (offerTaken()) {
+      planBox.replaceChildren(h("p", { class: "notice info", testid: "wizard-plan-after-snapshot" },
+        "The sources have no snapshots yet, so there is nothing to preview. START REPLICATION creates the periodic "
+        + "snapshot task, takes the first snapshot, and the first run sends it in full."));
+      return;
+    }
     planBox.replaceChildren(h("p", { class: "muted" }, "Computing the plan…"));
     try {
-      planBox.replaceChildren(renderPlan(await api.call("replication.plan", task)));
+      const plan = await api.call("replication.plan", task);
+      if (mine === reviewSerial) planBox.replaceChildren(renderPlan(plan));
     } catch (error) {
-      planBox.replaceChildren(planError(error));
+      if (mine === reviewSerial) planBox.replaceChildren(planError(error));
     }
   }
 
@@ -421,41 +558,67 @@ export async function render(ctx, page) {
     ctx.navigate("/replication/advanced");
   }
 
+  /** Create one periodic snapshot task per source (on the replication's schedule); returns their ids. */
   async function createSnapshotTasks(cron) {
     const ids = [];
+    const naming = splitList(schema.input.value)[0] || DEFAULT_NAMING_SCHEMA;
     for (const dataset of w.sources) {
       const created = await api.call("pool.snapshottask.create", {
-        dataset, recursive: recursive.input.checked, naming_schema: DEFAULT_NAMING_SCHEMA,
+        dataset, recursive: recursive.input.checked, naming_schema: naming,
         lifetime_value: 2, lifetime_unit: "WEEK", enabled: true,
-        schedule: cron ? { ...cron, begin: "00:00", end: "23:59" } : { minute: "0", hour: "0", dom: "*", month: "*", dow: "*" },
+        schedule: { ...(cron || DAILY), begin: "00:00", end: "23:59" },
       });
       ids.push(created.id);
-      const { done } = await api.startJob("pool.snapshottask.run", [created.id]);
-      await done;
     }
     return ids;
   }
 
+  async function removeSnapshotTasks(ids) {
+    for (const id of ids) {
+      try {
+        await api.call("pool.snapshottask.delete", id);
+      } catch (error) {
+        console.warn(error);
+      }
+    }
+  }
+
+  async function takeSnapshots(ids) {
+    for (const id of ids) {
+      const { done } = await api.startJob("pool.snapshottask.run", [id]);
+      await done;
+    }
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (w.step < STEPS.length - 1) {
+      go(w.step + 1); // Enter in a field moves on; only the last step saves
+      return;
+    }
     clearErrors(form);
     start.disabled = true;
+    let created = [];
     try {
       const task = await buildTask();
-      if (!createTask.row.hidden && createTask.input.checked) {
-        const ids = await createSnapshotTasks(task.schedule);
-        task.periodic_snapshot_tasks = [...new Set([...(task.periodic_snapshot_tasks || []), ...ids])];
-        w.offerSnapshotTask = false; // the tasks exist now; a retry must not create them again
-        sync();
+      if (offerTaken()) {
+        created = await createSnapshotTasks(task.schedule);
+        task.periodic_snapshot_tasks = [...new Set([...(task.periodic_snapshot_tasks || []), ...created])];
       }
-      const entry = await api.call("replication.create", task);
+      let entry;
+      try {
+        entry = await api.call("replication.create", task);
+      } catch (error) {
+        await removeSnapshotTasks(created); // nothing is left half-made when the task is refused
+        throw error;
+      }
       toast(`Replication task ${entry.name} saved.`, "ok");
-      if (!task.auto) {
-        try {
-          await api.startJob("replication.run", [entry.id]);
-        } catch (error) {
-          toast(`Saved, but the run could not start: ${error.message}`, "error");
-        }
+      try {
+        if (created.length) await takeSnapshots(created);
+        if (!task.auto) await api.startJob("replication.run", [entry.id]);
+      } catch (error) {
+        toast(`Saved, but ${created.length ? "the first snapshot or " : ""}the run failed to start: ${error.message}`,
+          "error");
       }
       ctx.navigate("/replication");
     } catch (error) {
@@ -465,6 +628,7 @@ export async function render(ctx, page) {
         const section = first.closest("section[data-step]");
         if (section) go(Number(section.dataset.step));
         first.closest(".field, fieldset")?.querySelector("input, select, textarea")?.focus();
+        first.scrollIntoView?.({ block: "center" });
       } else {
         formErrors.scrollIntoView?.({ block: "nearest" });
       }

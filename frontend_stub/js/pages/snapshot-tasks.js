@@ -2,7 +2,7 @@
 
 import { datasetBrowser } from "../datasets.js";
 import { scheduleEditor } from "../schedule.js";
-import { button, confirmDialog, errorBlock, field, formatDate, h, modal, showErrors, splitList, toast } from "../ui.js";
+import { breakable, button, confirmDialog, errorBlock, field, formatDate, h, modal, showErrors, splitList, toast } from "../ui.js";
 import { jobProgress } from "../widgets.js";
 
 export const DEFAULT_NAMING_SCHEMA = "auto-%Y-%m-%d_%H-%M";
@@ -86,10 +86,10 @@ export async function render(ctx, page) {
       body.replaceChildren(h("p", { class: "empty card", testid: "snapshot-task-empty" }, "No periodic snapshot tasks yet."));
       return;
     }
-    body.replaceChildren(h("table", { class: "list", testid: "snapshot-task-table" },
+    body.replaceChildren(h("div", { class: "table-wrap" }, h("table", { class: "list", testid: "snapshot-task-table" },
       h("thead", {}, h("tr", {}, ["Dataset", "Recursive", "Naming schema", "Keep for", "Schedule", "Next run", "Enabled",
         "State", "Last snapshot", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, [...tasks.values()].map(row))));
+      h("tbody", {}, [...tasks.values()].map(row)))));
   }
 
   function row(t) {
@@ -102,7 +102,7 @@ export async function render(ctx, page) {
     const progress = progresses.get(t.id);
     const s = t.schedule || {};
     return h("tr", { testid: `snapshot-task-row-${t.id}` },
-      h("td", { "data-label": "Dataset" }, h("strong", {}, t.dataset)),
+      h("td", { "data-label": "Dataset" }, h("strong", {}, breakable(t.dataset))),
       h("td", { "data-label": "Recursive" }, t.recursive ? "Yes" : "No"),
       h("td", { "data-label": "Naming schema" }, h("code", {}, t.naming_schema)),
       h("td", { "data-label": "Keep for" }, `${t.lifetime_value} ${String(t.lifetime_unit || "").toLowerCase()}(s)`),
@@ -121,7 +121,7 @@ export async function render(ctx, page) {
       h("td", { "data-label": "State" }, h("span", { class: `badge ${state.state}`, testid: `snapshot-task-state-${t.id}`,
         title: state.error || state.reason || "" }, state.state), state.error ? h("p", { class: "error" }, state.error) : null,
       progress.element),
-      h("td", { "data-label": "Last snapshot" }, state.last_snapshot || "—"),
+      h("td", { "data-label": "Last snapshot" }, state.last_snapshot ? breakable(state.last_snapshot) : "—"),
       h("td", { "data-label": "Actions" }, h("div", { class: "row-actions" },
         button("Run now", async (e) => {
           e.target.disabled = true;

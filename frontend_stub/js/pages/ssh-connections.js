@@ -14,10 +14,7 @@ export async function sshConnectionDialog(api) {
   try {
     keyPairs = await api.call("keychaincredential.query", [["type", "=", "SSH_KEY_PAIR"]], { order_by: ["name"] });
   } catch (error) {
-    if (error instanceof ApiError && error.isMethodMissing) {
-      toast("SSH connections are not available on this server yet (keychaincredential.* is missing).", "error");
-      return undefined;
-    }
+    toast(`Key pairs could not be listed: ${error.message}`, "error"); // generating a new one still works
   }
   return modal("New SSH connection", (close) => {
     const form = h("form", { testid: "ssh-form", novalidate: true });
@@ -69,7 +66,8 @@ export async function sshConnectionDialog(api) {
     const existingErr = h("p", { class: "field-error", hidden: true, "data-error-for": "private_key.existing_key_id" });
 
     const semiPart = h("div", {}, Object.values(semi).map((f) => f.row));
-    const manualPart = h("div", {}, manual.host.row, manual.port.row, manual.username.row, manual.remote_host_key.row, h("div", { class: "field" }, discover));
+    const manualPart = h("div", {}, h("div", { class: "inline" }, manual.host.row, manual.port.row), manual.username.row,
+      manual.remote_host_key.row, h("div", { class: "field" }, discover));
     function sync() {
       semiPart.hidden = setupType !== "SEMI-AUTOMATIC";
       manualPart.hidden = setupType !== "MANUAL";
@@ -115,7 +113,12 @@ export async function sshConnectionDialog(api) {
       try {
         const entry = await api.call("keychaincredential.setup_ssh_connection", options);
         toast(`SSH connection ${entry.name} created.`, "ok");
-        close(entry);
+        if (setupType === "MANUAL") {
+          // The remote side does not know our key yet: the administrator installs it there.
+          form.replaceWith(await authorizeKeyPanel(api, entry, () => close(entry)));
+        } else {
+          close(entry);
+        }
       } catch (error) {
         showErrors(form, error);
       } finally {
@@ -124,6 +127,36 @@ export async function sshConnectionDialog(api) {
     });
     return form;
   }, { testid: "ssh-dialog" });
+}
+
+/** After a manual setup: the public key to authorize on the remote host, with a Copy and a Done button. */
+async function authorizeKeyPanel(api, connection, done) {
+  const attrs = connection.attributes || {};
+  let publicKey = "";
+  try {
+    const [pair] = await api.call("keychaincredential.query", [["id", "=", attrs.private_key]]);
+    publicKey = pair?.attributes?.public_key || "";
+  } catch (error) {
+    publicKey = `(could not read the public key: ${error.message})`;
+  }
+  const keyId = "ssh-public-key-text";
+  const text = h("textarea", { id: keyId, readonly: true, rows: 4, class: "key", testid: "ssh-public-key", value: publicKey });
+  const copy = button("Copy", async () => {
+    try {
+      await navigator.clipboard.writeText(publicKey);
+      copy.textContent = "Copied";
+    } catch {
+      text.select(); // no clipboard access (plain http): select it for Ctrl+C
+    }
+  }, { kind: "small", testid: "ssh-copy-key" });
+  const finish = button("Done", done, { kind: "primary", testid: "ssh-done" });
+  const panel = h("div", { testid: "ssh-authorize" },
+    h("p", { class: "notice info" }, `Connection ${connection.name} is saved. Before it can be used, add this public key `
+      + `to ~${attrs.username || "root"}/.ssh/authorized_keys on ${attrs.host}${attrs.port && attrs.port !== 22 ? ` (port ${attrs.port})` : ""}:`),
+    h("label", { for: keyId }, "Public key"), text,
+    h("div", { class: "actions" }, copy, finish));
+  queueMicrotask(() => finish.focus());
+  return panel;
 }
 
 export async function render(ctx, page) {
@@ -160,7 +193,8 @@ export async function render(ctx, page) {
         h("thead", {}, h("tr", {}, ["Name", "Public key", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, pairs.map((c) => h("tr", { testid: `keypair-row-${c.id}` },
           h("td", { "data-label": "Name" }, c.name),
-          h("td", { "data-label": "Public key" }, h("code", {}, String(attrs(c).public_key || "").slice(0, 60))),
+          h("td", { "data-label": "Public key" }, h("code", { class: "key", testid: `keypair-public-${c.id}` },
+            String(attrs(c).public_key || "—"))),
           h("td", { "data-label": "Actions" }, deleteButton(c))))))
         : h("p", { class: "empty card" }, "No key pairs yet; the connection dialog can generate one."));
   }

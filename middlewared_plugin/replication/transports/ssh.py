@@ -6,7 +6,8 @@ data stream has two implementations behind `data_path`, both counting bytes in o
 - `OPENSSH` (default): the system `ssh` client runs the remote half, with the credential's key and only its
   pinned host key (written to 0600 files in a private temporary directory that is removed afterwards), and
   a fast AEAD cipher preferred. It measured faster than asyncssh (docs/PERFORMANCE.md), since OpenSSH does
-  the cipher work in C outside our event loop.
+  the cipher work in C outside our event loop, and both of its stages are local processes, so the stream
+  is spliced between their pipes (`transports.local.run_pipeline`) without passing through Python.
 - `ASYNCSSH`: a channel on the pooled connection; no `ssh` binary needed.
 
 Either way the remote command is an argv quoted word by word (`remote_command`), so dataset names with
@@ -28,7 +29,7 @@ from middlewared_plugin.remote.runner import Process, Runner
 from middlewared_plugin.remote.ssh import PID_MARKER, SshParams, SshRunner, remote_command
 from middlewared_plugin.remote.ssh_keys import parse_host_keys
 from middlewared_plugin.replication.transports.base import ByteCounter, PipeFailed, PipeResult, Transport
-from middlewared_plugin.replication.transports.local import classify, copy_between, start_and_copy
+from middlewared_plugin.replication.transports.local import can_splice, classify, run_pipeline, start_and_copy
 
 
 class DataPath(StrEnum):
@@ -174,20 +175,24 @@ class SshTransport(Transport):
             def transient(stage: str, code: int, stderr: str) -> bool:
                 return (stage == remote_stage and code == _SSH_FAILED) or classify(stage, code, stderr)
 
-            try:
-                started = await self.local.start(command, stdin=self.push, stdout=not self.push)
-            except CallError as e:
-                raise PipeFailed("transport", f"could not start ssh: {e.errmsg}", transient=False) from e
-            remote = _OpenSshProcess(started, remote_argv, self.remote, self._kills)
             local_argv = send_argv if self.push else recv_argv
-            try:
-                local = await self.local.start(local_argv, stdin=not self.push, stdout=self.push)
-            except BaseException:
-                remote.kill()
-                raise
-            send, recv = (local, remote) if self.push else (remote, local)
-            return await copy_between(send, recv, on_bytes=on_bytes, stall_timeout=stall_timeout,
-                                      transient=transient)
+
+            async def start_remote(data: bool | int) -> Process:
+                try:
+                    started = await self.local.start(command, stdin=data if self.push else False,
+                                                     stdout=False if self.push else data)
+                except CallError as e:
+                    raise PipeFailed("transport", f"could not start ssh: {e.errmsg}", transient=False) from e
+                return _OpenSshProcess(started, remote_argv, self.remote, self._kills)
+
+            async def start_local(data: bool | int) -> Process:
+                return await self.local.start(local_argv, stdin=False if self.push else data,
+                                              stdout=data if self.push else False)
+
+            start_send, start_recv = (start_local, start_remote) if self.push else (start_remote, start_local)
+            # Both stages are local processes (`ssh` is one), so the stream can be spliced between them.
+            return await run_pipeline(start_send, start_recv, splice=can_splice(self.local), on_bytes=on_bytes,
+                                      stall_timeout=stall_timeout, transient=transient)
 
     async def close(self) -> None:
         if self._kills:
