@@ -55,14 +55,17 @@ class Schedule:
         """Whether a task on this schedule runs in the minute of `moment` (local wall-clock time)."""
         return croniter.match(self.cron, moment.replace(second=0, microsecond=0)) and self.in_window(moment)
 
-    def next_run(self, after: datetime) -> datetime:
-        """The first matching minute strictly after `after` (searches up to about a year)."""
-        it = croniter(self.cron, after.replace(second=0, microsecond=0))
-        for _ in range(600_000):
-            candidate: datetime = it.get_next(datetime)
+    def next_run(self, after: datetime) -> datetime | None:
+        """The first firing strictly after `after` inside the begin/end window; None if it never fires there.
+
+        Which days fire does not depend on the time of day, so every firing day has the same times: if any
+        falls in the window, one does within two days' worth of firings (at most 1440 a day)."""
+        firings = croniter(self.cron, after.replace(second=0, microsecond=0))
+        for _ in range(2 * 24 * 60):
+            candidate: datetime = firings.get_next(datetime)
             if self.in_window(candidate):
                 return candidate
-        raise ValueError("Schedule never runs inside its begin/end window")
+        return None
 
     def describe(self) -> str:
         options = Options()

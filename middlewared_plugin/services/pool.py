@@ -4,12 +4,17 @@ properties as `{value, rawvalue, parsed}`).
 """
 from __future__ import annotations
 
-from typing import Any
+import errno
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from middlewared_plugin.errors import CallError
 from middlewared_plugin.query.filters import filter_list
 from middlewared_plugin.services.base import CallContext, QueryArgs, Service, api_method
 from middlewared_plugin.zfs.commands import Zfs
 from middlewared_plugin.zfs.types import Dataset, Snapshot
+
+T = TypeVar("T")
 
 
 def _prop(value: Any, raw: Any = None) -> dict[str, Any]:
@@ -64,7 +69,7 @@ class PoolDatasetService(Service):
         zfs = Zfs(self.app.zfs_runner)
         entries = []
         for pool in await zfs.pools():
-            entries.extend(dataset_entry(d) for d in await zfs.list_datasets(pool.name))
+            entries.extend(dataset_entry(d) for d in await _of_pool(zfs.list_datasets, pool.name))
         return filter_list(entries, filters, options)
 
 
@@ -77,5 +82,15 @@ class PoolSnapshotService(Service):
         zfs = Zfs(self.app.zfs_runner)
         entries = []
         for pool in await zfs.pools():
-            entries.extend(snapshot_entry(s) for s in await zfs.list_snapshots(pool.name))
+            entries.extend(snapshot_entry(s) for s in await _of_pool(zfs.list_snapshots, pool.name))
         return filter_list(entries, filters, options)
+
+
+async def _of_pool(lister: Callable[[str], Awaitable[list[T]]], pool: str) -> list[T]:
+    """What a pool holds; nothing when it went away between listing the pools and listing it."""
+    try:
+        return await lister(pool)
+    except CallError as exc:
+        if exc.errno == errno.ENOENT:
+            return []
+        raise

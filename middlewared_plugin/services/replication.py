@@ -127,6 +127,7 @@ class ReplicationService(CRUDService):
         if isinstance(task, int):
             entry = await self.get_instance(internal, task)
         else:
+            task = self._validate_model("replication_plan", task)
             verrors = ValidationErrors()
             await self.validate(ctx, verrors, "replication_plan", task, None)
             verrors.check()

@@ -7,7 +7,7 @@ Business rules that need other tasks, credentials or the caller live in `replica
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from croniter import croniter
 from pydantic import AfterValidator, Field, create_model, model_validator
@@ -240,5 +240,6 @@ class RunOnetimeArgs(ApiModel):
 
 
 class PlanArgs(ApiModel):
-    #: A saved task's id, or an unsaved task definition (the `replication_create` shape).
-    replication_plan: int | ReplicationCreate
+    #: A saved task's id, or an unsaved task definition (the `replication_create` shape, validated by the
+    #: method itself so that its errors read `replication_plan.<field>`).
+    replication_plan: int | dict[str, Any]

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import croniter
 from pydantic import model_validator
 
 from middlewared_plugin.errors import CallError, ValidationErrors
@@ -198,7 +197,7 @@ class PeriodicSnapshotTaskService(CRUDService):
             schedule = Schedule.from_api(entry["schedule"])
             entry["schedule_description"] = schedule.describe()
             # When the schedule fires next (enabled or not: clients say "disabled" themselves).
-            entry["next_run"] = _next_run(schedule, now)
+            entry["next_run"] = schedule.next_run(now)
             entry["vmware_sync"] = False
             entry["state"] = self.state_of(entry["id"])
         return entries
@@ -474,20 +473,6 @@ class PeriodicSnapshotTaskService(CRUDService):
             logger.warning("Retention could not destroy %s: %s", name, reason)
         for dataset, reason in report.skipped_datasets.items():
             logger.warning("Retention skipped %s: %s", dataset, reason)
-
-
-def _next_run(schedule: Schedule, now: datetime) -> datetime | None:
-    """The schedule's next firing after `now`, or None when it never fires inside its begin/end window.
-
-    Days are chosen independently of the time of day, so if any firing falls in the window, one does within
-    two days' worth of firings (at most 1440 a day). That bound keeps a window the cron never meets from
-    costing `Schedule.next_run`'s year-long search (about a minute) on every query."""
-    firings = croniter(schedule.cron, now.replace(second=0, microsecond=0))
-    for _ in range(2 * 24 * 60):
-        candidate: datetime = firings.get_next(datetime)
-        if schedule.in_window(candidate):
-            return candidate
-    return None
 
 
 def _describe(result: TakeResult) -> str:

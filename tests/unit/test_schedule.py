@@ -40,6 +40,16 @@ def test_next_run_skips_minutes_outside_the_window():
     assert schedule.next_run(datetime(2026, 1, 1, 11, 30)) == datetime(2026, 1, 2, 10, 0)
 
 
+def test_next_run_is_none_when_the_cron_never_fires_inside_the_window():
+    schedule = Schedule.from_api({"minute": "0", "hour": "3", "begin": "10:00", "end": "11:00"})
+    assert schedule.next_run(datetime(2026, 1, 1)) is None
+
+
+def test_next_run_finds_rare_days():
+    schedule = Schedule.from_api({"minute": "0", "hour": "0", "dom": "29", "month": "2"})
+    assert schedule.next_run(datetime(2026, 3, 1)) == datetime(2028, 2, 29, 0, 0)
+
+
 def test_description_in_words_24_hour():
     assert describe({"minute": "0", "hour": "0", "dom": "*", "month": "*", "dow": "0"}) == "At 00:00, only on Sunday"
     assert describe({"minute": "*/5", "begin": "09:00", "end": "17:00"}) == "Every 5 minutes, between 09:00 and 17:00"

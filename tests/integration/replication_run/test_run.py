@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from middlewared_plugin.client import Client
-from middlewared_plugin.errors import CallError
+from middlewared_plugin.errors import CallError, ValidationErrors
 
 SCHEMA = "auto-%Y-%m-%d_%H-%M"
 
@@ -145,3 +145,12 @@ async def test_run_onetime_reports_validation_errors_with_its_prefix(server, poo
             "recursive": False, "retention_policy": "NONE", "naming_schema": [SCHEMA],
         }, job=True)
     assert "replication_run_onetime.naming_schema" in str(raised.value)
+
+
+async def test_plan_of_an_invalid_definition_names_its_fields(server):
+    client = await server.client()
+    with pytest.raises(ValidationErrors) as raised:
+        await client.call("replication.plan", {"name": "x", "direction": "SIDEWAYS"})
+    attributes = [error.attribute for error in raised.value]
+    assert "replication_plan.direction" in attributes
+    assert "replication_plan.int" not in attributes
