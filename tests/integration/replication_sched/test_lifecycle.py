@@ -81,9 +81,10 @@ async def test_an_aborted_run_ends_aborted_in_error_and_the_next_run_succeeds(
     await states.wait_for(task["id"], "RUNNING")
     job_id = (await client.call("replication.get_instance", task["id"]))["job"]["id"]
     await client.call("core.job_abort", job_id)
+    # The abort is delivered by now; let any cleanup that talks to the remote (killing what it started) finish.
+    hold.release()
     with pytest.raises(ClientException) as aborted:
         await asyncio.wait_for(run, 30)
-    hold.release()
 
     [job] = await client.call("core.get_jobs", [["id", "=", job_id]])
     assert job["state"] == "ABORTED", aborted.value
