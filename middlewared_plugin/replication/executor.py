@@ -95,6 +95,8 @@ class ExecuteOptions:
 class ExecuteResult:
     #: "target@snapshot" for every snapshot that arrived, in order.
     snapshots_sent: list[str] = field(default_factory=list)
+    #: The same snapshots as "source@snapshot" (what the task state's `last_snapshot` names).
+    source_snapshots_sent: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     #: "dataset@snapshot" for every snapshot destroyed (retention, rollback, from scratch).
     destroyed: list[str] = field(default_factory=list)
@@ -438,6 +440,7 @@ class Executor:
         self.result.bytes_sent += result.bytes
         for name in step.arrives:
             self.result.snapshots_sent.append(f"{step.target}@{name}")
+            self.result.source_snapshots_sent.append(f"{step.source}@{name}")
             self.log(f"Sent {step.source}@{name} to {step.target}")
         self.meter.finish(len(step.arrives))
 

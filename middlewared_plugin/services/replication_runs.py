@@ -225,7 +225,7 @@ class ReplicationRuns:
                         f"{format_bytes(result.bytes_sent)}, {len(result.destroyed)} destroyed")
                 finished: dict[str, Any] = {"state": "FINISHED", "warnings": list(result.warnings)}
                 if result.snapshots_sent:
-                    finished["last_snapshot"] = result.snapshots_sent[-1]
+                    finished["last_snapshot"] = result.source_snapshots_sent[-1]
                 await settle(finished)
         except asyncio.CancelledError as exc:
             await fail(exc)

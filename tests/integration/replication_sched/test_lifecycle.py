@@ -61,7 +61,8 @@ async def test_restore_then_run_brings_the_data_back(
     assert await contents(local_zfs, restored_at) == original
     entry = await client.call("replication.get_instance", restore["id"])
     assert entry["state"]["state"] == "FINISHED"
-    assert entry["state"]["last_snapshot"] == f"{restored_at}@{SECOND}"
+    # As TrueNAS: the last snapshot is named on the source side of the task (here, the backup).
+    assert entry["state"]["last_snapshot"] == f"{backup}@{SECOND}"
 
 
 async def test_an_aborted_run_ends_aborted_in_error_and_the_next_run_succeeds(
@@ -140,7 +141,7 @@ async def test_state_and_last_snapshot_survive_a_restart_and_disabling(
     await client.call("replication.run", task["id"], job=True)
     before = await client.call("replication.get_instance", task["id"])
     assert before["state"]["state"] == "FINISHED"
-    assert before["state"]["last_snapshot"] == f"{target}@{FIRST}"
+    assert before["state"]["last_snapshot"] == f"{source}@{FIRST}"
 
     await server.restart()
     client = await server.client()
@@ -156,7 +157,7 @@ async def test_state_and_last_snapshot_survive_a_restart_and_disabling(
     again = await client.call("replication.get_instance", task["id"])
     assert again["state"]["state"] == "FINISHED"
     assert again["state"]["datetime"] != before["state"]["datetime"]
-    assert again["state"]["last_snapshot"] == f"{target}@{FIRST}"
+    assert again["state"]["last_snapshot"] == f"{source}@{FIRST}"
     assert again["job"]["id"] != before["job"]["id"]
 
 
