@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shlex
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from middlewared_plugin.errors import CallError
@@ -229,3 +230,21 @@ class LocalRunner(Runner):
         argv = tuple(argv)
         proc = await self._spawn(argv, _stream(stdin), _stream(stdout))
         return LocalProcess(argv, proc)
+
+
+class LoggingRunner(Runner):
+    """Logs each argv (shell-quoted, for the task log) before running it; otherwise the wrapped runner."""
+
+    def __init__(self, runner: Runner, log: Callable[[str], None]):
+        self.name = runner.name
+        self._runner = runner
+        self._log = log
+
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+                  timeout: float | None = None) -> CommandResult:
+        self._log(f"[{self.name}] {shlex.join(argv)}")
+        return await self._runner.run(argv, input=input, check=check, timeout=timeout)
+
+    async def start(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False) -> Process:
+        self._log(f"[{self.name}] {shlex.join(argv)}")
+        return await self._runner.start(argv, stdin=stdin, stdout=stdout)

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from middlewared_plugin.errors import CallError
-from middlewared_plugin.remote.runner import Runner
+from middlewared_plugin.remote.runner import LocalRunner, LoggingRunner, Runner
 from middlewared_plugin.remote.ssh import SshRunner
 from middlewared_plugin.replication.executor import (
     ExecuteOptions,
@@ -47,7 +47,7 @@ from middlewared_plugin.replication.retention import (
 )
 from middlewared_plugin.replication.transports.base import Transport
 from middlewared_plugin.replication.transports.local import LocalTransport
-from middlewared_plugin.replication.transports.ssh import SshTransport
+from middlewared_plugin.replication.transports.ssh import DataPath, SshTransport
 from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.snapshots.naming import (
     AmbiguousSnapshotName,
@@ -206,14 +206,16 @@ async def list_target(zfs: Zfs, target: str) -> Listing:
 
 
 async def plan_task(task: Mapping[str, Any], transport: Transport, *, now: datetime | None = None,
-                    mount: bool = True, only_from_scratch: bool = False) -> Plan:
-    """List both sides and plan one run of `task` (what `replication.plan` shows)."""
+                    mount: bool = True, only_from_scratch: bool = False, log: Log | None = None) -> Plan:
+    """List both sides and plan one run of `task` (what `replication.plan` shows); `log` gets each command."""
     now = now or datetime.now()
     spec = build_spec(task, mount=mount, only_from_scratch=only_from_scratch)
     wanted = [*spec.properties_exclude, *spec.properties_override]
-    source = await list_side(Zfs(transport.source), spec.source_datasets, recursive=spec.recursive or spec.replicate,
+    source_runner = LoggingRunner(transport.source, log) if log else transport.source
+    target_runner = LoggingRunner(transport.target, log) if log else transport.target
+    source = await list_side(Zfs(source_runner), spec.source_datasets, recursive=spec.recursive or spec.replicate,
                              properties=list(dict.fromkeys(wanted)))
-    target = await list_target(Zfs(transport.target), spec.target_dataset)
+    target = await list_target(Zfs(target_runner), spec.target_dataset)
     retention = (custom_retention(task, naming_schemas(task))
                  if spec.retention_policy is RetentionPolicy.CUSTOM else None)
     try:
@@ -228,7 +230,7 @@ async def run_task(task: Mapping[str, Any], transport: Transport, *, progress: P
                    backoff_max: float = 60.0) -> ExecuteResult:
     """Plan and execute one run; raises ReplicationFailed when any dataset was not replicated."""
     async def replan() -> Plan:
-        return await plan_task(task, transport, now=now, mount=mount, only_from_scratch=only_from_scratch)
+        return await plan_task(task, transport, now=now, mount=mount, only_from_scratch=only_from_scratch, log=log)
 
     plan = await replan()
     options = ExecuteOptions(
@@ -267,7 +269,10 @@ def make_transport(task: Mapping[str, Any], *, local: Runner, remote: SshRunner 
     if remote is None:
         raise CallError(f"{kind} replication needs SSH credentials", errno.EINVAL)
     if kind == "SSH":
-        return SshTransport(local, remote, task["direction"])
+        # The OpenSSH data path runs the `ssh` client through the local runner, which must then be this
+        # machine; a local ZFS that is itself reached over SSH (`local_zfs_ssh`) streams over asyncssh.
+        data_path = DataPath.OPENSSH if isinstance(local, LocalRunner) else DataPath.ASYNCSSH
+        return SshTransport(local, remote, task["direction"], data_path=data_path)
     if kind == "SSH+NETCAT":
         netcat = importlib.import_module("middlewared_plugin.replication.transports.netcat")
         push = task["direction"] == "PUSH"

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from middlewared_plugin.errors import CallError
-from middlewared_plugin.remote.runner import CommandResult, Process, Runner
+from middlewared_plugin.remote.runner import LoggingRunner
 from middlewared_plugin.replication.plan import (
     ByteEstimate,
     CreateParents,
@@ -112,24 +112,6 @@ class ExecuteResult:
 
 Log = Callable[[str], None]
 ProgressCallback = Callable[[Progress], None]
-
-
-class _LoggingRunner(Runner):
-    """Logs each argv before running it; everything else is the wrapped runner's."""
-
-    def __init__(self, runner: Runner, log: Log):
-        self.name = runner.name
-        self._runner = runner
-        self._log = log
-
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
-                  timeout: float | None = None) -> CommandResult:
-        self._log(f"[{self.name}] {shlex.join(argv)}")
-        return await self._runner.run(argv, input=input, check=check, timeout=timeout)
-
-    async def start(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False) -> Process:
-        self._log(f"[{self.name}] {shlex.join(argv)}")
-        return await self._runner.start(argv, stdin=stdin, stdout=stdout)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -240,8 +222,8 @@ class Executor:
         self.transport = transport
         self.log = log
         self.options = options
-        self.source = Zfs(_LoggingRunner(transport.source, log))
-        self.target = Zfs(_LoggingRunner(transport.target, log))
+        self.source = Zfs(LoggingRunner(transport.source, log))
+        self.target = Zfs(LoggingRunner(transport.target, log))
         self.meter = _Meter(progress)
         self.result = ExecuteResult()
 

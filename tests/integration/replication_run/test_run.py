@@ -75,6 +75,8 @@ async def test_run_replicates_with_progress_events_and_finished_state(server, po
     job = (await client.call("replication.get_instance", task["id"]))["job"]
     log = await server.app.jobs.read_log(server.app.jobs.get(job["id"]))
     assert "auto-2026-11-03_00-00" in log
+    # Every command is in the task log, the listings the plan came from included.
+    assert "zfs get" in log or "zfs list" in log
     assert "auto-2026-11-01_00-00" not in log.split("Finished")[0].split("Listing")[-1]
 
 
