@@ -6,13 +6,15 @@ replicates over SSH to the VM's pool `backup`, so what only OpenZFS does is prov
 - an interrupted transfer resumes from `receive_resume_token` (`zfs send -t`) and sends less than the whole
   stream; a token whose source snapshot is gone is discarded (`zfs receive -A`) and the run still succeeds;
 - `zfs send -nvP` totals drive progress (exact, not estimates) and match the bytes that crossed the pipe;
-- a zvol source replicates; properties are excluded and overridden by `zfs receive -x` / `-o`.
+- a zvol source replicates (and the copy is refused as a push destination);
+- properties are excluded and overridden by `zfs receive -x` / `-o`.
 
 The server, its SSH credentials and both pools are shared by the module; each test uses its own datasets.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,6 +24,8 @@ from typing import Any
 import pytest
 
 from middlewared_plugin.client import Client, ClientException
+from middlewared_plugin.errors import ValidationErrors
+from middlewared_plugin.services.replication import ZVOL_TARGET_MESSAGE
 from tests.fixtures.openzfs_vm import OpenZFSVM
 from tests.fixtures.server import TestServer
 from tests.openzfs.support import (
@@ -158,8 +162,8 @@ async def test_send_estimates_drive_progress_and_match_the_bytes_sent(
     assert "zfs send -n -v -P" in await last_job_log(server, client, task_id)
 
 
-async def interrupted_run(client: Client, task_id: int, after_bytes: int) -> JobWatch:
-    """Start a run and abort its job once `after_bytes` crossed the pipe; returns the watch."""
+async def interrupted_run(client: Client, vm: OpenZFSVM, task_id: int, after_bytes: int) -> JobWatch:
+    """Start a run, abort its job once `after_bytes` crossed the pipe, wait for the guest's receive to end."""
     watch = JobWatch()
     aborts: list[asyncio.Task[Any]] = []
 
@@ -174,24 +178,34 @@ async def interrupted_run(client: Client, task_id: int, after_bytes: int) -> Job
     assert aborts, "the transfer finished before it could be interrupted"
     await aborts[0]
     assert "abort" in str(raised.value).lower(), raised.value
+    await receives_ended(vm)
     return watch
+
+
+async def receives_ended(vm: OpenZFSVM) -> None:
+    """Wait until no `zfs receive` runs in the guest: a killed stream's receive first saves its state."""
+    for _ in range(120):
+        if (await vm.run(["pgrep", "-f", "^zfs receive"], check=False)).returncode != 0:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError("a zfs receive is still running a minute after its job ended")
 
 
 async def test_interrupted_transfer_resumes_from_the_receive_resume_token(
     server: TestServer, client: Client, credentials: int, openzfs_vm: OpenZFSVM,
 ) -> None:
     source, target = f"{TANK}/big", f"{BACKUP}/big"
-    digest = await make_source(openzfs_vm, source, 32)
+    digest = await make_source(openzfs_vm, source, 40)
     snapshot = f"{source}@{snapshot_name(1)}"
     whole = stream_size((await openzfs_vm.run(["zfs", "send", "-nvP", "-p", "-L", "-c", snapshot])).text)
     task_id = await create_task(client, source, target, credentials)
 
-    interrupted = await interrupted_run(client, task_id, after_bytes=4 * 1024 * 1024)
+    interrupted = await interrupted_run(client, openzfs_vm, task_id, after_bytes=4 * 1024 * 1024)
     assert "zfs receive -s" in await job_log(server, interrupted.id)
     token = await prop(openzfs_vm, target, "receive_resume_token")
     assert token not in ("-", ""), "the partial receive left no resume token"
     plan = await client.call("replication.plan", task_id)
-    assert any(step["type"] == "resume" for d in plan["datasets"] for step in d["steps"]), plan
+    assert [step["kind"] for d in plan["datasets"] for step in d["steps"]] == ["resume"], plan
 
     resumed = await run_task(client, task_id)
 
@@ -210,21 +224,28 @@ async def test_stale_resume_token_is_discarded_and_the_run_succeeds(
     server: TestServer, client: Client, credentials: int, openzfs_vm: OpenZFSVM,
 ) -> None:
     source, target = f"{TANK}/stale", f"{BACKUP}/stale"
-    await make_source(openzfs_vm, source, 16)
+    await make_source(openzfs_vm, source, 1, day=1)
     task_id = await create_task(client, source, target, credentials)
-    await interrupted_run(client, task_id, after_bytes=2 * 1024 * 1024)
-    assert await prop(openzfs_vm, target, "receive_resume_token") not in ("-", "")
-    # The snapshot the token continues is gone; a new one (without the big file) replaces it.
-    await openzfs_vm.run(["zfs", "destroy", f"{source}@{snapshot_name(1)}"])
-    await openzfs_vm.run(["rm", f"{await mountpoint(openzfs_vm, source)}/data"])
+    await run_task(client, task_id)
+    # An incremental stream is interrupted: the target keeps day 1 and a token for day 2.
+    big = f"{await mountpoint(openzfs_vm, source)}/big"
+    await write_random(openzfs_vm, big, 24)
     await openzfs_vm.run(["zfs", "snapshot", f"{source}@{snapshot_name(2)}"])
+    await interrupted_run(client, openzfs_vm, task_id, after_bytes=2 * 1024 * 1024)
+    assert await prop(openzfs_vm, target, "receive_resume_token") not in ("-", "")
+    # The snapshot the token continues is gone; a new one (without the big file) comes instead.
+    await openzfs_vm.run(["zfs", "destroy", f"{source}@{snapshot_name(2)}"])
+    await openzfs_vm.run(["rm", big])
+    await openzfs_vm.run(["zfs", "snapshot", f"{source}@{snapshot_name(3)}"])
 
     await run_task(client, task_id)
 
     log = await last_job_log(server, client, task_id)
     assert f"zfs receive -A {target}" in log, log
+    assert "no longer exists on the source" in log, log
     assert await prop(openzfs_vm, target, "receive_resume_token") == "-"
-    assert [name for name, _ in await snapshot_guids(openzfs_vm, target)] == [snapshot_name(2)]
+    assert await snapshot_guids(openzfs_vm, target) == await snapshot_guids(openzfs_vm, source)
+    assert [name for name, _ in await snapshot_guids(openzfs_vm, target)] == [snapshot_name(1), snapshot_name(3)]
     state = (await client.call("replication.get_instance", task_id))["state"]
     assert state["state"] == "FINISHED"
 
@@ -256,6 +277,10 @@ async def test_zvol_source_replicates(
 
     assert await props(openzfs_vm, target, "type", "volsize") == {"type": "volume", "volsize": "8M"}
     assert await zvol_bytes(openzfs_vm, target) == digest
+    # The copy, a zvol, cannot in turn be the remote destination of a push.
+    with pytest.raises(ValidationErrors) as raised:
+        await client.call("replication.create", task(f"{TANK}/other", target, credentials, name="into a zvol"))
+    assert raised.value.triples() == [["replication_create.target_dataset", ZVOL_TARGET_MESSAGE, errno.EINVAL]]
 
 
 async def test_properties_are_excluded_and_overridden_on_receive(

@@ -27,6 +27,7 @@ from tests.fixtures.server import TestServer
 from tests.openzfs.support import (
     PASSPHRASE,
     PBKDF2_ITERS,
+    SCHEMA,
     connect_to_vm,
     create_encrypted,
     job_log,
@@ -205,8 +206,7 @@ async def test_raw_stream_of_an_encrypted_source_cannot_land_on_zfs_fuse(
     await write_random(openzfs_vm, f"/{source}/data", 1)
     await openzfs_vm.run(["zfs", "snapshot", f"{source}@{snapshot_name(1)}"])
     pull = {**task(source, f"{pool.name}/secret", credentials, direction="PULL"),
-            "naming_schema": [task("", "", None)["also_include_naming_schema"][0]],
-            "also_include_naming_schema": []}
+            "naming_schema": [SCHEMA], "also_include_naming_schema": []}
     created = await client.call("replication.create", pull)
 
     with pytest.raises(ClientException) as raised:
