@@ -244,6 +244,9 @@ class _Planner:
 
         # Resume first: a resumed snapshot then counts as on the target for the rest of the plan.
         resumed = False
+        # Discarding a partial *full* receive leaves no data of its own behind (`recv -A` removes the dataset
+        # that receive created, or only its %recv state after a `-F` receive into an empty target).
+        discarded_full_receive = False
         if replicate:
             for t in self.target.tree(tname):
                 if t.resume_token:
@@ -254,6 +257,7 @@ class _Planner:
             reason = self.stale_token_reason(tgt, source_tree)
             if reason:
                 steps.append(DiscardResumeToken(tname, token.token, reason))
+                discarded_full_receive = token.fromguid is None and not target_snaps
             else:
                 snap = next(s for s in source_tree.snapshots if s.guid == token.toguid)
                 steps.append(Resume(src.name, tname, token.token, snap.name, replace(receive, force=False)))
@@ -265,7 +269,8 @@ class _Planner:
         to_send = [s for s in source_tree.snapshots
                    if self.select(s.name) and (base is None or _key(s) > _key(source_tree.by_name[base]))]
         target_has_data = bool(target_snaps) or (
-            tgt is not None and (tgt.referenced is None or tgt.referenced > EMPTY_TARGET_MAX_REFERENCED))
+            tgt is not None and not discarded_full_receive
+            and (tgt.referenced is None or tgt.referenced > EMPTY_TARGET_MAX_REFERENCED))
 
         if base is None and not to_send:
             if is_root:
@@ -305,6 +310,8 @@ class _Planner:
         if enc_conflict:
             conflicts.append(enc_conflict)
         if conflicts:  # nothing runs, so no steps: a partial list would read as what happens
+            if resumed:  # nor the resume, so the base is what the target really holds
+                base = self.common_base(source_tree, tgt.ordered_snapshots() if tgt else [])
             return DatasetPlan(src.name, tname, base=base, conflicts=tuple(conflicts), depends_on=depends_on)
 
         steps += self.sends(src, tname, source_tree, base, to_send, send_options, receive, encryption,
@@ -356,6 +363,10 @@ class _Planner:
             return "the snapshot it was receiving no longer exists on the source"
         if any(t.guid == token.toguid for t in target_snaps):
             return "the target already has the snapshot it was receiving"
+        receiving = source_tree.snapshots[position[token.toguid]].name
+        if any(t.name == receiving for t in target_snaps):
+            # The receive could never finish: the name is taken by another snapshot.
+            return f"the target has another snapshot named {receiving!r}"
         if token.fromguid is None:
             if target_snaps:
                 return "it belongs to a full stream but the target now has snapshots"

@@ -357,6 +357,24 @@ def test_a_stale_resume_token_is_discarded_with_the_reason(token, reason):
     assert sends(d) == [("-I", "auto-1", "auto-3", ("auto-2", "auto-3"))]
 
 
+def test_a_stale_full_stream_token_is_discarded_and_the_target_received_again_from_scratch():
+    # The snapshot the partial full receive was getting is gone from the source; `recv -A` removes what that
+    # receive created, so the partial bytes are no reason to refuse ("holds data").
+    source = fs("src/data", *snaps("auto-2"))
+    target = fs("dst/backup", resume_token=ResumeToken("1-f", toguid=guid("auto-1")), referenced=50 << 20)
+    d = only(run(spec(), [source], [fs("dst"), target]))
+    assert d.runnable, d.conflicts
+    assert isinstance(d.steps[0], DiscardResumeToken)
+    assert sends(d) == [("full", None, "auto-2", ("auto-2",))]
+
+
+def test_a_target_with_data_and_no_token_is_still_refused():
+    source = fs("src/data", *snaps("auto-1"))
+    target = fs("dst/backup", referenced=50 << 20)
+    d = only(run(spec(), [source], [fs("dst"), target]))
+    assert any(isinstance(c, TargetHasData) for c in d.conflicts)
+
+
 # --- recursive, excludes, several sources ---------------------------------------------------------
 
 def test_recursive_plans_each_dataset_parents_first_minus_excludes_and_globs():
