@@ -90,3 +90,4 @@ async def test_raising_the_limit_releases_waiters():
     await asyncio.wait_for(started.wait(), 1)
     hold.set()
     await asyncio.gather(*tasks)
+
