@@ -1,5 +1,9 @@
 """One WebSocket client: framing limits, concurrent calls, held-back job calls, event delivery.
 
+`BaseConnection` is what every wire protocol of ours shares (JSON-RPC here, the legacy DDP-like protocol in
+`legacy.py`): the read loop with its size limits, the per-connection call limits, the outgoing queue and the
+event fan-out from the one bus. Subclasses only parse and shape messages.
+
 Outgoing messages (responses and events) go through one queue in the order they are produced, so a job's
 ADDED event always reaches the client before the held-back response of the call that started it.
 """
@@ -7,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from jsonrpcserver.sentinels import NOID
@@ -31,7 +37,9 @@ MAX_INFLIGHT_CALLS = 20
 MAX_OUTGOING_BACKLOG = 20000
 
 
-class Connection:
+class BaseConnection(ABC):
+    """The protocol-independent part of a client connection; subclasses implement `_receive`."""
+
     def __init__(self, app: App, ws: ServerConnection, session: Session):
         self.app = app
         self.ws = ws
@@ -56,7 +64,7 @@ class Connection:
                     else:
                         await self.ws.close(1007, "Anonymous connection max message length is 8 kB")
                     break
-                self._receive(message)
+                await self._receive(message)
         except ConnectionClosed:
             pass
         finally:
@@ -66,60 +74,23 @@ class Connection:
             self._outgoing.put_nowait(None)
             await asyncio.gather(writer, *self._tasks, return_exceptions=True)
 
-    # Incoming -------------------------------------------------------------------------------------------
+    @abstractmethod
+    async def _receive(self, text: str) -> None:
+        """Handle one text frame that passed the size limits."""
 
-    def _receive(self, text: str) -> None:
-        try:
-            message = ejson.loads(text)
-        except ValueError as exc:
-            self._send(rpc.error_response(None, rpc.PARSE_ERROR, str(exc)))
-            return
-        try:
-            rpc.validate_request(message)
-        except rpc.InvalidRequest as exc:
-            if isinstance(message, list):
-                # A batch has no id of its own; answered so the sender does not wait forever.
-                self._send(rpc.error_response(None, rpc.INVALID_REQUEST, str(exc)))
-            elif isinstance(message, dict) and "id" in message:
-                id_ = message["id"] if isinstance(message["id"], int | str) or message["id"] is None else None
-                self._send(rpc.error_response(id_, rpc.INVALID_REQUEST, str(exc)))
-            return
-        id_ = message.get("id", NOID)
+    def _start_call(self, call: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run `call()` as a task of this connection; False (nothing started) when too many are in flight."""
         if self._inflight >= MAX_INFLIGHT_CALLS:
-            if id_ is not NOID:
-                self._send(rpc.error_response(
-                    id_, rpc.TOO_MANY_CALLS,
-                    f"Maximum number of concurrent calls ({MAX_INFLIGHT_CALLS}) has exceeded",
-                ))
-            return
+            return False
         self._inflight += 1
-        task = asyncio.create_task(self._call(message["method"], message.get("params", []), id_))
+        task = asyncio.create_task(call())
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
+        return True
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         self._inflight -= 1
         self._tasks.discard(task)
-
-    async def _call(self, method: str, params: list[Any], id_: Any) -> None:
-        if method not in self.app.methods:
-            if id_ is not NOID:
-                self._send(rpc.error_response(id_, rpc.METHOD_NOT_FOUND, "Method does not exist"))
-            return
-        async with self._executing:
-            response = await rpc.invoke(method, params, id_, lambda: self._run(method, params, id_))
-        if response is not None:
-            self._send(response)
-
-    async def _run(self, method: str, params: list[Any], id_: Any) -> Any:
-        outcome = await self.app.dispatch(
-            method, params, session=self.session, message_id=None if id_ is NOID else id_,
-        )
-        if not isinstance(outcome, Job):
-            return outcome
-        if self.session.options["legacy_jobs"]:
-            return outcome.id
-        return await self.app.job_result(outcome)
 
     # Outgoing -------------------------------------------------------------------------------------------
 
@@ -127,9 +98,7 @@ class Connection:
         try:
             text = ejson.dumps(message)
         except (TypeError, ValueError):
-            text = ejson.dumps(rpc.error_response(
-                message.get("id"), rpc.SERIALIZE_ERROR, "Failed to JSON serialize server message"
-            ))
+            text = ejson.dumps(self._unserializable(message))
         if self._outgoing.qsize() > MAX_OUTGOING_BACKLOG:
             logger.warning("Closing a client that does not read its messages")
             asyncio.ensure_future(self.ws.close(1008, "Too many unread messages"))
@@ -157,4 +126,67 @@ class Connection:
             params["fields"] = event.redact(credentials, event.fields) if event.redact else event.fields
         if event.extra:
             params["extra"] = event.extra
-        self._send({"jsonrpc": "2.0", "method": "collection_update", "params": params})
+        self._send(self._event_message(params))
+
+    @abstractmethod
+    def _unserializable(self, message: dict[str, Any]) -> dict[str, Any]:
+        """What is sent instead of `message` when it cannot be encoded."""
+
+    @abstractmethod
+    def _event_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The message carrying one event ({msg, collection, id?, fields?, extra?}) to this client."""
+
+
+class Connection(BaseConnection):
+    """The JSON-RPC 2.0 connection of `/api/current` (reference §1.2-§1.7)."""
+
+    # Incoming -------------------------------------------------------------------------------------------
+
+    async def _receive(self, text: str) -> None:
+        try:
+            message = ejson.loads(text)
+        except ValueError as exc:
+            self._send(rpc.error_response(None, rpc.PARSE_ERROR, str(exc)))
+            return
+        try:
+            rpc.validate_request(message)
+        except rpc.InvalidRequest as exc:
+            if isinstance(message, list):
+                # A batch has no id of its own; answered so the sender does not wait forever.
+                self._send(rpc.error_response(None, rpc.INVALID_REQUEST, str(exc)))
+            elif isinstance(message, dict) and "id" in message:
+                id_ = message["id"] if isinstance(message["id"], int | str) or message["id"] is None else None
+                self._send(rpc.error_response(id_, rpc.INVALID_REQUEST, str(exc)))
+            return
+        id_ = message.get("id", NOID)
+        started = self._start_call(lambda: self._call(message["method"], message.get("params", []), id_))
+        if not started and id_ is not NOID:
+            self._send(rpc.error_response(
+                id_, rpc.TOO_MANY_CALLS, f"Maximum number of concurrent calls ({MAX_INFLIGHT_CALLS}) has exceeded",
+            ))
+
+    async def _call(self, method: str, params: list[Any], id_: Any) -> None:
+        if method not in self.app.methods:
+            if id_ is not NOID:
+                self._send(rpc.error_response(id_, rpc.METHOD_NOT_FOUND, "Method does not exist"))
+            return
+        async with self._executing:
+            response = await rpc.invoke(method, params, id_, lambda: self._run(method, params, id_))
+        if response is not None:
+            self._send(response)
+
+    async def _run(self, method: str, params: list[Any], id_: Any) -> Any:
+        outcome = await self.app.dispatch(
+            method, params, session=self.session, message_id=None if id_ is NOID else id_,
+        )
+        if not isinstance(outcome, Job):
+            return outcome
+        if self.session.options["legacy_jobs"]:
+            return outcome.id
+        return await self.app.job_result(outcome)
+
+    def _unserializable(self, message: dict[str, Any]) -> dict[str, Any]:
+        return rpc.error_response(message.get("id"), rpc.SERIALIZE_ERROR, "Failed to JSON serialize server message")
+
+    def _event_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "method": "collection_update", "params": params}

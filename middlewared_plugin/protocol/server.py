@@ -1,5 +1,7 @@
 """The listeners: WebSocket JSON-RPC on TCP and on a unix socket, plus plain HTTP on the same port.
 
+`/api/current` (and `/api/<version>`) speak JSON-RPC 2.0; `/websocket` speaks the legacy DDP-like protocol.
+
 HTTP serves the web page (`frontend_stub/`), `/api/versions`, `/api/boot_id` and job log downloads.
 A unix-socket peer running as uid 0 is logged in as root automatically, as on TrueNAS.
 """
@@ -23,12 +25,14 @@ from websockets.http11 import Request, Response
 from middlewared_plugin.auth.credentials import ROOT
 from middlewared_plugin.auth.session import Session
 from middlewared_plugin.protocol.connection import Connection
+from middlewared_plugin.protocol.legacy import LegacyConnection
 
 if TYPE_CHECKING:
     from middlewared_plugin.app import App
 
 API_VERSION = "v27.0.0"
 API_PATHS = ("/api/current", f"/api/{API_VERSION}")
+LEGACY_PATH = "/websocket"
 FRONTEND_DIR = Path(__file__).resolve().parent.parent.parent / "frontend_stub"
 #: Above the 64 KiB authenticated limit so the connection can answer with TrueNAS's own close codes.
 FRAME_LIMIT = 2 * 1024 * 1024
@@ -77,14 +81,15 @@ class ApiServer:
         uid = _peer_uid(ws)
         address = "unix" if uid is not None else str(ws.remote_address[0])
         session = Session(address=address, credentials=ROOT if uid == 0 else None)
-        await Connection(self.app, ws, session).serve()
+        legacy = ws.request is not None and urlsplit(ws.request.path).path == LEGACY_PATH
+        await (LegacyConnection if legacy else Connection)(self.app, ws, session).serve()
 
     # Plain HTTP -----------------------------------------------------------------------------------------
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         path = url.path
-        if path in API_PATHS:
+        if path in API_PATHS or path == LEGACY_PATH:
             return None
         if path == "/api/versions":
             return _response(HTTPStatus.OK, json.dumps([API_VERSION]).encode(), "application/json")
