@@ -52,6 +52,8 @@ _REAP_TIMEOUT = 10.0
 # The spliced path reports bytes to the event loop at most this often (seconds): progress stays live
 # without a callback per pipe buffer.
 _REPORT_INTERVAL = 0.05
+# After an abort, how long (seconds) the receiver may take to fail on the cut stream before it is killed.
+_ABORT_GRACE = 5.0
 
 
 def classify(stage: str, code: int, stderr: str) -> bool:
@@ -246,6 +248,7 @@ class _Splicer:
             self.done.set_result(None)
 
     def _move(self) -> None:
+        """Move until the sender's EOF or until stop()."""
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
         while True:
             try:
@@ -301,8 +304,9 @@ async def splice_between(
     transient: Classifier = classify,
 ) -> PipeResult:
     """Move the stream from `source` (the read end of the pipe `send` writes to) into `sink` (the write end
-    of the pipe `recv` reads) until EOF, counting it; both stages are killed on failure, stall or cancel.
-    Takes ownership of both fds: they are closed when this returns."""
+    of the pipe `recv` reads) until EOF, counting it. On a stall or cancel the sender is killed and the
+    receiver's stream cut (it is killed too if it does not exit within a few seconds); when the receiver
+    fails, the sender is killed. Takes ownership of both fds: they are closed when this returns."""
     loop = asyncio.get_running_loop()
     mover = _Splicer(source, sink, loop, on_bytes)
     done = asyncio.wrap_future(mover.done)
@@ -319,23 +323,34 @@ async def splice_between(
                 return
             await asyncio.sleep(min(timeout - idle, 1.0) + 0.01)
 
+    async def abort() -> None:
+        # The receiver is not killed outright: cutting its stream makes it fail on its own, and a receive
+        # that fails cleans up before its `zfs` exits (zfs-fuse discards a partial dataset only after it sees
+        # the EOF, asynchronously to a killed `zfs`), so the next run finds a settled target.
+        send.kill()
+        mover.stop()
+        await done
+        try:
+            await asyncio.wait_for(recv.wait(), _ABORT_GRACE)
+        except (CallError, TimeoutError):
+            recv.kill()
+
     guard = asyncio.ensure_future(watchdog(stall_timeout)) if stall_timeout else None
     try:
         await asyncio.wait({done} | ({guard} if guard else set()), return_when=asyncio.FIRST_COMPLETED)
         if not done.done():  # the watchdog fired: no byte moved for stall_timeout
             stalled = True
-            kill()
-            mover.stop()
-            await done
+            await abort()
         elif mover.receiver_gone:
             send.kill()
         elif mover.error is not None:
             kill()
         codes = await _reap(send), await _reap(recv)
     except BaseException:
-        kill()
+        with contextlib.suppress(BaseException):
+            await abort()
+        kill()  # whatever interrupted the abort: nothing keeps running
         mover.stop()
-        # The thread ends at once and closes the pipes, so the stages (and zfs-fuse's daemon) let go.
         with contextlib.suppress(BaseException):
             await done
             await asyncio.gather(_reap(send), _reap(recv))
