@@ -25,7 +25,8 @@ PHONE = {"width": 390, "height": 844}
 async def browser() -> AsyncIterator[Browser]:
     # One chromium for the session (about a second per launch); each test gets a fresh context.
     if not CHROMIUM_PRESENT:
-        pytest.skip(f"{CHROMIUM} is not installed")
+        # Never a silent pass: scripts/setup.sh installs Debian's chromium.
+        pytest.fail(f"{CHROMIUM} is not installed: run scripts/setup.sh")
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
