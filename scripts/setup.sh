@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(zfs-fuse openssh-server openssh-client sudo python3 python3-venv python3-dev gcc
-          chromium qemu-system-x86 qemu-utils mmdebstrap e2fsprogs curl ca-certificates)
+          chromium qemu-system-x86 qemu-utils mmdebstrap e2fsprogs curl ca-certificates lz4 pigz plzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

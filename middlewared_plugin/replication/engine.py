@@ -272,7 +272,8 @@ def make_transport(task: Mapping[str, Any], *, local: Runner, remote: SshRunner 
         # The OpenSSH data path runs the `ssh` client through the local runner, which must then be this
         # machine; a local ZFS that is itself reached over SSH (`local_zfs_ssh`) streams over asyncssh.
         data_path = DataPath.OPENSSH if isinstance(local, LocalRunner) else DataPath.ASYNCSSH
-        return SshTransport(local, remote, task["direction"], data_path=data_path)
+        return SshTransport(local, remote, task["direction"], data_path=data_path,
+                            compression=task.get("compression"), speed_limit=task.get("speed_limit"))
     if kind == "SSH+NETCAT":
         netcat = importlib.import_module("middlewared_plugin.replication.transports.netcat")
         push = task["direction"] == "PUSH"

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import errno
 import re
-import shlex
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -413,7 +412,7 @@ class Executor:
         async with self.key_file(step) as key_file:
             recv = await self.recv_argv(step.target, step.receive, target_features, key_file)
             self.meter.start(weight, step.source, step.snapshot)
-            self.log(f"[{self.transport.name}] {shlex.join(send)} | {shlex.join(recv)}")
+            self.log(self.transport.describe(send, recv))
             result = await self.transport.pipe(send, recv, on_bytes=self.meter.add,
                                                stall_timeout=self.options.stall_timeout)
             if key_file is not None:

@@ -69,19 +69,6 @@ def progress_extra(p: Progress) -> dict[str, Any]:
     }
 
 
-def unapplied_options(task: dict[str, Any]) -> list[str]:
-    """Task options this server accepts (TrueNAS clients send them) but does not apply yet, said out loud
-    in every run's warnings instead of being dropped silently."""
-    warnings = []
-    if task.get("compression"):
-        warnings.append(f"Stream compression ({task['compression']}) is not applied by this server yet: "
-                        "the stream was sent uncompressed")
-    if task.get("speed_limit"):
-        warnings.append(f"The speed limit ({format_bytes(task['speed_limit'])}/s) is not applied by this server "
-                        "yet: the stream was sent at full speed")
-    return warnings
-
-
 def footprint(task_key: int | str, task: dict[str, Any]) -> Footprint:
     credentials = task.get("ssh_credentials") or {}
     host = "" if task["transport"] == "LOCAL" else str((credentials.get("attributes") or {}).get("host", ""))
@@ -232,7 +219,7 @@ class ReplicationRuns:
                 except (Exception, asyncio.CancelledError) as exc:
                     await fail(exc)
                     raise
-                warnings = [*unapplied_options(task), *result.warnings]
+                warnings = list(result.warnings)
                 for line in warnings:
                     job.log(f"Warning: {line}")
                 job.log(f"Finished: {len(result.snapshots_sent)} snapshot(s) sent, "

@@ -1,9 +1,9 @@
-"""How runs speak: job descriptions, state error sentences, options not applied."""
+"""How runs speak: job descriptions and state error sentences."""
 from __future__ import annotations
 
 from middlewared_plugin.errors import CallError
 from middlewared_plugin.replication.executor import Progress
-from middlewared_plugin.services.replication_runs import as_sentence, progress_description, unapplied_options
+from middlewared_plugin.services.replication_runs import as_sentence, progress_description
 
 
 def progress(**kw) -> Progress:
@@ -23,10 +23,3 @@ def test_description_without_a_known_total_shows_bytes_sent_only():
 def test_state_errors_are_sentences_without_the_errname():
     assert as_sentence(CallError("cannot receive: dataset is busy")) == "Cannot receive: dataset is busy."
     assert as_sentence(RuntimeError("done.")) == "Done."
-
-
-def test_options_not_applied_yet_are_named_in_the_run_warnings():
-    assert unapplied_options({"compression": None, "speed_limit": None}) == []
-    warnings = unapplied_options({"compression": "LZ4", "speed_limit": 1048576})
-    assert any("LZ4" in w and "uncompressed" in w for w in warnings)
-    assert any("1.0 MiB/s" in w for w in warnings)

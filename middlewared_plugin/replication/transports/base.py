@@ -10,6 +10,7 @@ the awaiting task kills both stages (and any helper) so an abort leaves nothing 
 """
 from __future__ import annotations
 
+import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class Transport(ABC):
 
         `stall_timeout`: seconds without a byte after which the pipeline is killed (transient failure).
         """
+
+    def describe(self, send_argv: Sequence[str], recv_argv: Sequence[str]) -> str:
+        """The pipeline as the task log shows it."""
+        return f"[{self.name}] {shlex.join(send_argv)} | {shlex.join(recv_argv)}"
 
     async def close(self) -> None:  # noqa: B027 - stateless transports need nothing here
         """Release connections or helpers the transport holds."""

@@ -10,6 +10,9 @@ stream, with the same pipefail semantics, stall detection and byte counting:
   call moved. This runs at the speed of a bare shell pipeline.
 - `copy_between` otherwise (a stage on an asyncssh channel): read the sender's stdout in large chunks and
   write them to the receiver's stdin on the event loop.
+
+Both take an optional `speed_limit` (bytes per second, a task's `speed_limit`): a `Throttle` paces the copy,
+sleeping between chunks. Time spent throttled counts as activity, so a slow stream is never taken for a stall.
 """
 from __future__ import annotations
 
@@ -54,6 +57,32 @@ _REAP_TIMEOUT = 10.0
 _REPORT_INTERVAL = 0.05
 # After an abort, how long (seconds) the receiver may take to fail on the cut stream before it is killed.
 _ABORT_GRACE = 5.0
+
+
+class Throttle:
+    """Paces a stream to at most `rate` bytes per second on average: a token bucket that holds at most one
+    chunk (a tenth of a second's worth), so an idle spell does not buy a burst at full speed. Chunks are that
+    small so no single wait is long (cancellation and the stall watchdog stay prompt)."""
+
+    def __init__(self, rate: int):
+        if rate <= 0:
+            raise ValueError(f"speed limit must be positive, not {rate}")
+        self.rate = rate
+        #: The most bytes to move at once.
+        self.chunk = max(1, min(CHUNK_SIZE, rate // 10))
+        self._tokens = float(self.chunk)
+        self._at = time.monotonic()
+
+    def delay(self, n: int) -> float:
+        """Record that `n` bytes just moved; the seconds to wait before moving more."""
+        now = time.monotonic()
+        self._tokens = min(float(self.chunk), self._tokens + (now - self._at) * self.rate) - n
+        self._at = now
+        return max(0.0, -self._tokens / self.rate)
+
+
+def _throttle(speed_limit: int | None) -> Throttle | None:
+    return Throttle(speed_limit) if speed_limit else None
 
 
 def classify(stage: str, code: int, stderr: str) -> bool:
@@ -134,9 +163,12 @@ async def copy_between(
     on_bytes: ByteCounter,
     stall_timeout: float | None,
     transient: Classifier = classify,
+    speed_limit: int | None = None,
 ) -> PipeResult:
     """Copy `send`'s stdout into `recv`'s stdin until EOF; both are killed on failure, stall or cancel."""
     loop = asyncio.get_running_loop()
+    throttle = _throttle(speed_limit)
+    chunk_size = throttle.chunk if throttle else CHUNK_SIZE
     total = 0
     last_activity = loop.time()
     receiver_gone = False
@@ -149,12 +181,15 @@ async def copy_between(
     async def copy() -> None:
         nonlocal total, last_activity, receiver_gone, lost
         try:
-            while chunk := await send.read(CHUNK_SIZE):
+            while chunk := await send.read(chunk_size):
                 last_activity = loop.time()
                 await recv.write(chunk)
                 last_activity = loop.time()
                 total += len(chunk)
                 on_bytes(len(chunk))
+                if throttle and (wait := throttle.delay(len(chunk))):
+                    last_activity = loop.time() + wait  # waiting on purpose is not a stall
+                    await asyncio.sleep(wait)
             await recv.close_stdin()
         except (BrokenPipeError, ConnectionResetError):
             receiver_gone = True  # the receiver exited early: its status and stderr tell why
@@ -211,7 +246,8 @@ class _Splicer:
     loop by closing the write end of a wake-up pipe the thread polls alongside the data pipes; the fds are
     only ever closed by their owner, so no fd number is reused under a thread still using it."""
 
-    def __init__(self, source: int, sink: int, loop: asyncio.AbstractEventLoop, on_bytes: ByteCounter):
+    def __init__(self, source: int, sink: int, loop: asyncio.AbstractEventLoop, on_bytes: ByteCounter,
+                 throttle: Throttle | None = None):
         self._source = source
         self._sink = sink
         self._loop = loop
@@ -224,6 +260,9 @@ class _Splicer:
         self._writable = select.poll()
         self._writable.register(sink, select.POLLOUT)
         self._writable.register(self._wake_r, select.POLLIN)
+        self._woken = select.poll()
+        self._woken.register(self._wake_r, select.POLLIN)
+        self._throttle = throttle
         self._reported_at = time.monotonic()
         #: Bytes moved (written by the thread only) and handed to on_bytes (by the event loop only).
         self.moved = 0
@@ -250,9 +289,10 @@ class _Splicer:
     def _move(self) -> None:
         """Move until the sender's EOF or until stop()."""
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        chunk_size = self._throttle.chunk if self._throttle else CHUNK_SIZE
         while True:
             try:
-                n = os.splice(self._source, self._sink, CHUNK_SIZE, flags=flags)
+                n = os.splice(self._source, self._sink, chunk_size, flags=flags)
             except BlockingIOError:
                 # Either pipe may be the reason (nothing to read, no room to write): wait for both in turn.
                 if not self._wait(self._readable, self._source) or not self._wait(self._writable, self._sink):
@@ -265,6 +305,10 @@ class _Splicer:
             if now - self._reported_at >= _REPORT_INTERVAL:
                 self._reported_at = now
                 self._report()
+            if self._throttle and (wait := self._throttle.delay(n)):
+                self.last_activity = now + wait  # waiting on purpose is not a stall
+                if self._woken.poll(wait * 1000):
+                    return  # stop() was called
 
     def _wait(self, poller: select.poll, fd: int) -> bool:
         """Until `fd` is ready (or hung up, which the next splice reports); False once stop() was called."""
@@ -302,13 +346,14 @@ async def splice_between(
     on_bytes: ByteCounter,
     stall_timeout: float | None,
     transient: Classifier = classify,
+    speed_limit: int | None = None,
 ) -> PipeResult:
     """Move the stream from `source` (the read end of the pipe `send` writes to) into `sink` (the write end
     of the pipe `recv` reads) until EOF, counting it. On a stall or cancel the sender is killed and the
     receiver's stream cut (it is killed too if it does not exit within a few seconds); when the receiver
     fails, the sender is killed. Takes ownership of both fds: they are closed when this returns."""
     loop = asyncio.get_running_loop()
-    mover = _Splicer(source, sink, loop, on_bytes)
+    mover = _Splicer(source, sink, loop, on_bytes, _throttle(speed_limit))
     done = asyncio.wrap_future(mover.done)
     stalled = False
 
@@ -386,6 +431,7 @@ async def run_pipeline(
     on_bytes: ByteCounter,
     stall_timeout: float | None,
     transient: Classifier = classify,
+    speed_limit: int | None = None,
 ) -> PipeResult:
     """Start the receiver first (so the sender never writes into nothing), then the sender, then move the
     stream: with `splice` (both stages local processes, see `can_splice`) through two pipes of ours by
@@ -399,7 +445,8 @@ async def run_pipeline(
             with contextlib.suppress(BaseException):
                 await _reap(recv)
             raise
-        return await copy_between(send, recv, on_bytes=on_bytes, stall_timeout=stall_timeout, transient=transient)
+        return await copy_between(send, recv, on_bytes=on_bytes, stall_timeout=stall_timeout, transient=transient,
+                                  speed_limit=speed_limit)
 
     recv_r, recv_w = _pipe()
     send_r, send_w = _pipe()
@@ -419,7 +466,7 @@ async def run_pipeline(
         raise
     os.close(send_w)  # likewise: the sender's exit must be our EOF
     return await splice_between(send, recv, send_r, recv_w, on_bytes=on_bytes, stall_timeout=stall_timeout,
-                                transient=transient)
+                                transient=transient, speed_limit=speed_limit)
 
 
 class LocalTransport(Transport):
@@ -443,7 +490,8 @@ class LocalTransport(Transport):
                                     on_bytes=on_bytes, stall_timeout=stall_timeout)
 
 
-def _could_not_start(stage: str, error: CallError) -> PipeFailed:
+def could_not_start(stage: str, error: CallError) -> PipeFailed:
+    """The failure to report when a stage's command could not be started at all."""
     transient = error.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT)
     role = "receiver" if stage == "receive" else "sender"
     return PipeFailed(stage, f"could not start the {role}: {error.errmsg}", transient=transient)
@@ -464,13 +512,13 @@ async def start_and_copy(
         try:
             return await target.start(recv_argv, stdin=stdin)
         except CallError as e:
-            raise _could_not_start("receive", e) from e
+            raise could_not_start("receive", e) from e
 
     async def start_send(stdout: bool | int) -> Process:
         try:
             return await source.start(send_argv, stdout=stdout)
         except CallError as e:
-            raise _could_not_start("send", e) from e
+            raise could_not_start("send", e) from e
 
     return await run_pipeline(start_send, start_recv, splice=can_splice(source, target), on_bytes=on_bytes,
                               stall_timeout=stall_timeout)
