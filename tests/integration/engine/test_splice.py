@@ -23,8 +23,6 @@ from middlewared_plugin.zfs.commands import recv_argv, send_argv
 
 from .conftest import read, snap_name, snapshots, write, write_random
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux-only")
-
 
 class Counter:
     def __init__(self) -> None:

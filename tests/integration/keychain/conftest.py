@@ -22,7 +22,7 @@ import pytest
 
 from middlewared_plugin.client import Client
 from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
-from tests.fixtures.sshd import SshdServer, generate_client_key
+from tests.fixtures.sshd import SshdServer, generate_client_key, running_sshd
 
 __all__ = ["ADMIN", "ADMIN_PASSWORD"]
 
@@ -60,27 +60,11 @@ async def create_ssh_credentials(client: Client, name: str, key_id: int, sshd: S
     })
 
 
-class PairingSshd(SshdServer):
-    """The test sshd that also reads each user's own `~/.ssh/authorized_keys`, where `ssh_pair` writes."""
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        text = self.config_path.read_text()
-        line = f"AuthorizedKeysFile {self.authorized_keys}\n"
-        assert line in text, "sshd fixture config changed: update PairingSshd"
-        self.config_path.write_text(text.replace(line, f"AuthorizedKeysFile {self.authorized_keys} "
-                                                       ".ssh/authorized_keys\n"))
-
-
 @pytest.fixture(scope="module")
-def pairing_sshd() -> Iterator[PairingSshd]:
-    with tempfile.TemporaryDirectory(prefix="sshd-") as tmp:
-        sshd = PairingSshd(Path(tmp))
-        sshd.start()
-        try:
-            yield sshd
-        finally:
-            sshd.kill()
+def pairing_sshd() -> Iterator[SshdServer]:
+    """The test sshd that also reads each user's own `~/.ssh/authorized_keys`, where `ssh_pair` writes."""
+    with running_sshd(user_key_files=True) as sshd:
+        yield sshd
 
 
 @dataclass
@@ -120,7 +104,7 @@ def local_users() -> Iterator[Callable[..., LocalUser]]:
 
 
 @pytest.fixture(scope="module")
-async def remote_nas(pairing_sshd: PairingSshd) -> AsyncIterator[TestServer]:
+async def remote_nas(pairing_sshd: SshdServer) -> AsyncIterator[TestServer]:
     """A second server playing the other NAS: its SSH port and host keys are the pairing sshd's."""
     data_dir = Path(tempfile.mkdtemp(prefix="mwp-remote-"))
     key_files = []

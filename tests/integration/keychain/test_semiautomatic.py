@@ -26,7 +26,8 @@ from middlewared_plugin.client import Client
 from middlewared_plugin.devtools.zfs_fuse import FilePool
 from middlewared_plugin.errors import ESSLCERTVERIFICATIONERROR, CallError
 from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
-from tests.integration.keychain.conftest import LocalUser, PairingSshd, create_key_pair, remote_url
+from tests.fixtures.sshd import SshdServer
+from tests.integration.keychain.conftest import LocalUser, create_key_pair, remote_url
 
 HOME_HINT = "user on the remote system exists and is writeable."
 
@@ -51,7 +52,7 @@ async def key_names(client: Client) -> list[str]:
 
 
 async def test_token_setup_creates_working_credentials(
-    server: TestServer, client: Client, remote_nas: TestServer, pairing_sshd: PairingSshd,
+    server: TestServer, client: Client, remote_nas: TestServer, pairing_sshd: SshdServer,
     local_users: Callable[..., LocalUser], pool: FilePool,
 ) -> None:
     user = local_users()
@@ -159,7 +160,7 @@ async def test_unreachable_remote(client: Client) -> None:
     assert raised.value.errno == errno.ECONNREFUSED
 
 
-async def test_remote_that_is_no_api_server(client: Client, pairing_sshd: PairingSshd) -> None:
+async def test_remote_that_is_no_api_server(client: Client, pairing_sshd: SshdServer) -> None:
     key = await create_key_pair(client, "key")
     with pytest.raises(CallError) as raised:
         await client.call("keychaincredential.remote_ssh_semiautomatic_setup", {
@@ -223,7 +224,7 @@ async def test_unknown_remote_user(client: Client, remote_nas: TestServer) -> No
         raised.value)
 
 
-async def test_ssh_pair_answers_port_and_host_keys(remote_nas: TestServer, pairing_sshd: PairingSshd,
+async def test_ssh_pair_answers_port_and_host_keys(remote_nas: TestServer, pairing_sshd: SshdServer,
                                                    local_users: Callable[..., LocalUser]) -> None:
     user = local_users()
     admin = await remote_nas.client()
