@@ -23,9 +23,6 @@ class RunSlots:
         async with self._changed:
             self._changed.notify_all()
 
-    def is_running(self, task_id: int | str) -> bool:
-        return task_id in self.running
-
     @contextlib.asynccontextmanager
     async def slot(self, footprint: Footprint, on_wait: Callable[[str], None]) -> AsyncIterator[None]:
         """Hold a slot for the duration of the block; `on_wait(reason)` is called while waiting."""

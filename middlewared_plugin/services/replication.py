@@ -296,6 +296,10 @@ class ReplicationService(CRUDService):
             for task in await self.stored() if task_id in task["periodic_snapshot_tasks"]
         ]
 
+    async def retention_owners(self, datasets: list[str]) -> list[Any]:
+        """Periodic snapshot retention asks: keep what PUSH tasks holding pending snapshots still need."""
+        return await self.runs.retention_owners(datasets)
+
     async def snapshot_task_deleted(self, task_id: int) -> None:
         """Unbind a deleted periodic snapshot task from every replication task."""
         for task in await self.stored():

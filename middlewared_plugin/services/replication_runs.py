@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.jobs.job import Job
-from middlewared_plugin.replication.admission import Footprint
-from middlewared_plugin.replication.engine import make_transport, plan_task, run_task
+from middlewared_plugin.replication.admission import Footprint, overlaps
+from middlewared_plugin.replication.engine import make_transport, pending_snapshots_owner, plan_task, run_task
 from middlewared_plugin.replication.executor import Progress
 from middlewared_plugin.replication.slots import RunSlots
 from middlewared_plugin.replication.transports.base import Transport
@@ -234,6 +234,29 @@ class ReplicationRuns:
         except Exception as exc:
             await fail(exc)
             raise CallError(as_sentence(exc), exc.errno if isinstance(exc, CallError) else errno.EFAULT) from exc
+
+    # Source retention -------------------------------------------------------------------------------------
+
+    async def retention_owners(self, datasets: list[str]) -> list[Any]:
+        """Owners that keep, on the source, what enabled PUSH tasks with `hold_pending_snapshots` still need:
+        unsent snapshots and the last common one (the next run's incremental base)."""
+        owners = []
+        for task in await self.service.entries(CallContext(self.app, None)):
+            if not (task["enabled"] and task["direction"] == "PUSH" and task["hold_pending_snapshots"]):
+                continue
+            if not any(overlaps(source, root) for source in task["source_datasets"] for root in datasets):
+                continue
+            try:
+                transport = await self.transport_for(task)
+            except CallError:
+                logger.warning("Replication task %r cannot be reached: its pending snapshots are not known",
+                               task["name"])
+                continue
+            try:
+                owners.append(await pending_snapshots_owner(task, transport, now=_wall_clock_now()))
+            finally:
+                await transport.close()
+        return owners
 
     # replication.run_onetime -----------------------------------------------------------------------------
 
