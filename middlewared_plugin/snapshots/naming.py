@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 
 ALLOWED_CHARACTERS = re.compile(r"[^0-9A-Za-z %_.:-]")
 REQUIRED_DIRECTIVES = ("%Y", "%m", "%d", "%H", "%M")
@@ -127,22 +127,6 @@ _SAMPLE_TIMES = [
     datetime(2001, 2, 3, 4, 5, 6), datetime(2012, 11, 10, 9, 8, 7), datetime(2024, 12, 31, 23, 59, 58),
     datetime(2030, 1, 12, 13, 1, 2),
 ]
-
-
-def schemas_conflict(a: str, b: str) -> str | None:
-    """A sample name that `a` and `b` read as different times, or None if none was found.
-
-    Used to warn when two schemas bound to one task could make names ambiguous; it samples times, so
-    None means "no conflict seen", not a proof.
-    """
-    for when in _SAMPLE_TIMES:
-        for tz in (UTC, timezone(timedelta(hours=-7))):
-            for first, second in ((a, b), (b, a)):
-                name = format_snapshot_name(first, when.replace(tzinfo=tz))
-                pa, pb = parse_snapshot_name(name, first), parse_snapshot_name(name, second)
-                if pa is not None and pb is not None and pa.datetime != pb.datetime:
-                    return name
-    return None
 
 
 def compile_name_regex(regex: str) -> re.Pattern[str]:

@@ -15,7 +15,6 @@ from middlewared_plugin.snapshots.naming import (
     naming_schema_errors,
     parse_snapshot_name,
     parse_snapshot_names,
-    schemas_conflict,
 )
 
 VALID_SCHEMAS = [
@@ -89,9 +88,6 @@ def test_names_read_by_two_schemas_as_different_times_are_ambiguous():
     assert list(parsed) == ["2024-01-01-03-04"]
 
 
-def test_schema_conflict_detection():
-    assert schemas_conflict("%Y-%m-%d-%H-%M", "%Y-%d-%m-%H-%M") is not None
-    assert schemas_conflict("auto-%Y-%m-%d_%H-%M", "manual-%Y-%m-%d_%H-%M") is None
 
 
 def test_sort_key_orders_by_time_then_offset():
