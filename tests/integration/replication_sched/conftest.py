@@ -18,6 +18,7 @@ from middlewared_plugin.client import Client
 from middlewared_plugin.zfs import Zfs
 from tests.fixtures.server import TestServer
 from tests.fixtures.sshd import SshdServer, _children, _freeze_tree
+from tests.fixtures.zfs import FilePool
 from tests.integration.replication_api.conftest import create_ssh_credentials
 
 SCHEMA = "auto-%Y-%m-%d_%H-%M"
@@ -197,11 +198,14 @@ def private_sshd(ssh_client_key: dict[str, str]) -> Iterator[SshdServer]:
 @pytest.fixture
 async def held_ssh(
     client: Client, private_sshd: SshdServer, ssh_client_key: dict[str, str],
+    pool_pair: tuple[FilePool, FilePool],
 ) -> AsyncIterator[tuple[int, SshHold]]:
     """SSH_CREDENTIALS for the private sshd with the server's pooled connection to it already open (runs reuse
-    it), and the hold that freezes that connection."""
+    it), and the hold that freezes that connection. Requests the test's pools first, so the listing that opens the
+    connection has something to show on a machine with no other pool."""
     credentials = await ssh_credentials(client, private_sshd, ssh_client_key)
-    assert await client.call("replication.list_datasets", "SSH", credentials)
+    listed = await client.call("replication.list_datasets", "SSH", credentials)
+    assert {pool.name for pool in pool_pair} <= set(listed)
     hold = SshHold(private_sshd)
     try:
         yield credentials, hold
