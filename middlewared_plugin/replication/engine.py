@@ -12,6 +12,7 @@ configured timezone, like the times parsed from snapshot names.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import importlib
 import re
@@ -213,9 +214,17 @@ async def plan_task(task: Mapping[str, Any], transport: Transport, *, now: datet
     wanted = [*spec.properties_exclude, *spec.properties_override]
     source_runner = LoggingRunner(transport.source, log) if log else transport.source
     target_runner = LoggingRunner(transport.target, log) if log else transport.target
-    source = await list_side(Zfs(source_runner), spec.source_datasets, recursive=spec.recursive or spec.replicate,
-                             properties=list(dict.fromkeys(wanted)))
-    target = await list_target(Zfs(target_runner), spec.target_dataset)
+    # Both sides are listed at once (over SSH each listing is a round trip); a source error is the one reported.
+    target_listing = asyncio.ensure_future(list_target(Zfs(target_runner), spec.target_dataset))
+    try:
+        source = await list_side(Zfs(source_runner), spec.source_datasets,
+                                 recursive=spec.recursive or spec.replicate, properties=list(dict.fromkeys(wanted)))
+        target = await target_listing
+    finally:
+        if not target_listing.done():
+            target_listing.cancel()
+        elif not target_listing.cancelled():
+            target_listing.exception()  # retrieved, so that a failure beside the source's is not reported twice
     retention = (custom_retention(task, naming_schemas(task))
                  if spec.retention_policy is RetentionPolicy.CUSTOM else None)
     try:

@@ -100,10 +100,12 @@ def _clean(stderr: str) -> str:
     return "\n".join(ln for ln in stderr.strip().splitlines() if not ln.startswith(PID_MARKER)).strip()
 
 
-async def _reap(process: Process) -> int | None:
-    """Exit status of a stage, or None when it could not be learnt (its connection is gone)."""
+async def _reap(process: Process, timeout: float | None = _REAP_TIMEOUT) -> int | None:
+    """Exit status of a stage, or None when it could not be learnt (its connection is gone, or it outlived
+    `timeout`). After a complete stream there is no bound: a receiver commits what it got after the last
+    byte, and on a slow pool that can take minutes."""
     try:
-        return await asyncio.wait_for(process.wait(), _REAP_TIMEOUT)
+        return await asyncio.wait_for(process.wait(), timeout)
     except (CallError, TimeoutError):
         return None
 
@@ -216,9 +218,11 @@ async def copy_between(
             copier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await copier
-        if stalled or receiver_gone or lost is not None:
+        complete = not (stalled or receiver_gone or lost is not None)
+        if not complete:
             await _release(send, recv)
-        codes = await _reap(send), await _reap(recv)
+        wait_for = None if complete else _REAP_TIMEOUT
+        codes = await _reap(send, wait_for), await _reap(recv, wait_for)
     except BaseException:
         kill()
         copier.cancel()
@@ -390,7 +394,8 @@ async def splice_between(
             send.kill()
         elif mover.error is not None:
             kill()
-        codes = await _reap(send), await _reap(recv)
+        wait_for = None if not (stalled or mover.receiver_gone or mover.error) else _REAP_TIMEOUT
+        codes = await _reap(send, wait_for), await _reap(recv, wait_for)
     except BaseException:
         with contextlib.suppress(BaseException):
             await abort()

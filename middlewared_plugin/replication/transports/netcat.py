@@ -393,8 +393,8 @@ class NetcatTransport(Transport):
                     return
                 await asyncio.sleep(stall_timeout - idle)
 
-        async def run() -> None:
-            await copy()
+        async def finish() -> None:
+            """Once the stream is through: both zfs may still be committing, for as long as that takes."""
             local_side.code = await process.wait()
             local_side.stderr = process.stderr_text()
             report = await helper.message()
@@ -405,15 +405,18 @@ class NetcatTransport(Transport):
             with contextlib.suppress(CallError):
                 await helper.process.wait()  # gone for good, so the cleanup needs no remote kill
 
-        work = asyncio.ensure_future(run())
+        copier = asyncio.ensure_future(copy())
         guard = asyncio.ensure_future(watchdog()) if stall_timeout else None
         try:
-            done, _ = await asyncio.wait([work, *([guard] if guard else [])], return_when=asyncio.FIRST_COMPLETED)
-            if work not in done:
+            done, _ = await asyncio.wait([copier, *([guard] if guard else [])], return_when=asyncio.FIRST_COMPLETED)
+            if copier not in done:
                 raise PipeFailed("transport", f"SSH+NETCAT: no data for {stall_timeout:g}s, stalled", transient=True)
-            work.result()
+            copier.result()
+            if guard is not None:
+                guard.cancel()  # no byte moves after the stream's end: the wait below is not a stall
+            await finish()
         finally:
-            work.cancel()
+            copier.cancel()
             if guard is not None:
                 guard.cancel()
 
