@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssh-port", type=int, default=22, help="SSH port announced by keychaincredential.ssh_pair")
     serve.add_argument("--ssh-host-key", type=Path, action="append", default=None,
                        help="host public key file announced by ssh_pair (repeatable)")
+    serve.add_argument("--pool-import-dir", action="append", default=None,
+                       help="directory where pool.import_find looks for pools on files (zpool import -d; repeatable)")
     serve.add_argument("--log-level", default="INFO")
 
     passwd = with_data_dir(sub.add_parser("passwd", help="create a user or set its password (read from stdin)"))
@@ -59,6 +61,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings.ssh_port = args.ssh_port
         if args.ssh_host_key:
             settings.ssh_host_key_files = tuple(args.ssh_host_key)
+        settings.pool_import_dirs = tuple(args.pool_import_dir or ())
     return settings
 
 

@@ -29,6 +29,9 @@ class Settings:
     #: Where this server's own ("local") ZFS lives: None for this machine, or SSH_CREDENTIALS-like attributes
     #: (host, port, username, private_key text, remote_host_key) of another host whose zfs we manage.
     local_zfs_ssh: dict[str, Any] | None = None
+    #: Where `pool.import_find` / `pool.import_pool` look for exported pools (`zpool import -d`), on the host of
+    #: the local ZFS; empty: ZFS's own search of the system's devices. Pools on files need their directory.
+    pool_import_dirs: tuple[str, ...] = ()
 
     @property
     def unix_socket(self) -> Path:

@@ -9,6 +9,7 @@ ROLE_PREFIXES = (
     "REPLICATION_TASK_CONFIG",
     "SNAPSHOT_TASK",
     "KEYCHAIN_CREDENTIAL",
+    "POOL",
     "DATASET",
     "SNAPSHOT",
 )
@@ -22,6 +23,8 @@ _INCLUDES: dict[str, set[str]] = {
         "SNAPSHOT_TASK_WRITE",
     },
     READONLY_ADMIN: {f"{p}_READ" for p in ROLE_PREFIXES},
+    # Destroying data is a role of its own: writing datasets does not include it.
+    "DATASET_DELETE": set(),
 }
 for _prefix in ROLE_PREFIXES:
     _INCLUDES.setdefault(f"{_prefix}_WRITE", set()).add(f"{_prefix}_READ")

@@ -57,6 +57,7 @@ def main() -> None:
     settings = Settings(data_dir=args.data_dir.absolute(), listen_port=args.port)
     pools_dir = settings.data_dir / "pools"
     pools_dir.mkdir(parents=True, exist_ok=True)
+    settings.pool_import_dirs = (str(pools_dir),)  # the demo's pools are files: export and import find them here
     asyncio.run(prepare_pools(pools_dir))
     password = asyncio.run(set_admin_password(settings))
     print(f"\nPools: {', '.join(DEMO_POOLS)} (zfs-fuse, files in {pools_dir})")

@@ -59,6 +59,10 @@ class QueryOptions(ApiModel):
     force_sql_filters: bool = False
 
 
+class IdArgs(ApiModel):
+    id: int
+
+
 class QueryArgs(ApiModel):
     filters: list[Any] = []
     options: QueryOptions = QueryOptions()
@@ -374,6 +378,13 @@ class CRUDService(Service):
             self.event_name, kind, id, fields,  # type: ignore[arg-type]
             redact=(lambda creds, f: self.redact(creds, f)) if fields is not None else None,
         ))
+
+    async def save_fields(self, id: int, **fields: Any) -> None:
+        """Change stored fields without validation (cascades, attachments) and send the changed entry."""
+        doc = await self.stored_one(id)
+        if doc is not None:
+            await self.save(id, {**doc, **fields})
+            await self.publish_changed(id)
 
     async def publish_changed(self, id: int) -> None:
         """Send the full entry after an internal change (state, cascade)."""

@@ -38,6 +38,7 @@ from middlewared_plugin.services.base import (
     ApiModel,
     CallContext,
     CRUDService,
+    IdArgs,
     LongStr,
     NonEmptyStr,
     Private,
@@ -101,10 +102,6 @@ class DeleteOptions(ApiModel):
 class KeychainCredentialDeleteArgs(ApiModel):
     id: int
     options: DeleteOptions = DeleteOptions()
-
-
-class IdArgs(ApiModel):
-    id: int
 
 
 class GetOfTypeArgs(ApiModel):

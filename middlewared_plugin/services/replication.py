@@ -7,7 +7,8 @@ list of snapshot task ids (the binding lives here; `snapshot_task_deleted` drops
 turns ids into objects and adds `state`, `job`, `schedule_description` and `has_encrypted_dataset_keys`.
 
 Other services ask this one: keychaincredential through `credential_users`, pool.snapshottask through
-`snapshot_task_bindings` / `snapshot_task_deleted`, the replication engine through `set_state`.
+`snapshot_task_bindings` / `snapshot_task_deleted`, pool and pool.dataset through `dataset_attachments`, the
+replication engine through `set_state`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from middlewared_plugin.attachments import Attachment
 from middlewared_plugin.auth.credentials import Credentials
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.events import Event
@@ -51,6 +53,7 @@ from middlewared_plugin.services.replication_validation import Facts, check_task
 from middlewared_plugin.services.snapshottask import SnapshotTaskBinding
 from middlewared_plugin.snapshots.naming import format_snapshot_name, name_regex_matches, parse_snapshot_name
 from middlewared_plugin.zfs.commands import Zfs
+from middlewared_plugin.zfs.types import is_same_or_descendant
 
 if TYPE_CHECKING:
     from middlewared_plugin.app import App
@@ -275,11 +278,7 @@ class ReplicationService(CRUDService):
         ]
 
     async def _unbind_credentials(self, task_id: int) -> None:
-        doc = await self.stored_one(task_id)
-        if doc is None:
-            return
-        await self.save(task_id, {**doc, "enabled": False, "ssh_credentials": None})
-        await self.publish_changed(task_id)
+        await self.save_fields(task_id, enabled=False, ssh_credentials=None)
 
     async def snapshot_task_bindings(self, task_id: int) -> list[SnapshotTaskBinding]:
         """Replication tasks bound to a periodic snapshot task (pool.snapshottask refuses to disable or
@@ -305,8 +304,23 @@ class ReplicationService(CRUDService):
         for task in await self.stored():
             if task_id in task["periodic_snapshot_tasks"]:
                 kept = [i for i in task["periodic_snapshot_tasks"] if i != task_id]
-                await self.save(task["id"], {**task, "periodic_snapshot_tasks": kept})
-                await self.publish_changed(task["id"])
+                await self.save_fields(task["id"], periodic_snapshot_tasks=kept)
+
+    async def dataset_attachments(self, dataset: str) -> list[Attachment]:
+        """Tasks whose local datasets lie on `dataset` or below it: the sources of PUSH tasks, the target of
+        PULL tasks, both for LOCAL ones. After its periodic snapshot tasks in `order`: it depends on them."""
+        found = []
+        for task in await self.stored():
+            local = [*(task["source_datasets"] if task["direction"] == "PUSH" or task["transport"] == "LOCAL"
+                       else []),
+                     *([task["target_dataset"]] if task["direction"] == "PULL" or task["transport"] == "LOCAL"
+                       else [])]
+            if any(is_same_or_descendant(name, dataset) for name in local):
+                found.append(Attachment(
+                    "Replication", task["name"], task["enabled"], order=1,
+                    delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
+                    toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled)))
+        return found
 
     # Helper methods -------------------------------------------------------------------------------------
 

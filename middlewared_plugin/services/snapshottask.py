@@ -11,6 +11,8 @@ Other services plug in without this module knowing them:
 - a service with `async snapshot_task_bindings(task_id) -> list[SnapshotTaskBinding]` reports which of its
   tasks use a snapshot task, so disabling or deleting it can be refused (§2.3); one with
   `async snapshot_task_deleted(task_id)` is told after a task was deleted, to drop its bindings.
+
+`dataset_attachments` answers pool and pool.dataset (see `attachments.py`).
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
+from middlewared_plugin.attachments import Attachment
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.scheduling.schedule import Schedule, validate_schedule
-from middlewared_plugin.services.base import ApiModel, CallContext, CRUDService, api_method
+from middlewared_plugin.services.base import ApiModel, CallContext, CRUDService, IdArgs, api_method
 from middlewared_plugin.services.common import SnapshotNameSchema
 from middlewared_plugin.snapshots.retention import SnapshotOwner, removal_date_property_name
 from middlewared_plugin.snapshots.taker import (
@@ -47,7 +50,7 @@ from middlewared_plugin.snapshots.taker import (
 )
 from middlewared_plugin.snapshots.task_state import TaskStates, periodic_snapshot_task_key
 from middlewared_plugin.zfs.commands import Zfs
-from middlewared_plugin.zfs.types import split_snapshot_name
+from middlewared_plugin.zfs.types import is_same_or_descendant, split_snapshot_name
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +109,6 @@ class DeleteOptions(ApiModel):
 class DeleteArgs(ApiModel):
     id: int
     options: DeleteOptions = DeleteOptions()
-
-
-class IdArgs(ApiModel):
-    id: int
 
 
 class FixateRemovalDateArgs(ApiModel):
@@ -269,6 +268,15 @@ class PeriodicSnapshotTaskService(CRUDService):
             unbind = getattr(service, "snapshot_task_deleted", None)
             if unbind is not None:
                 await unbind(entry["id"])
+
+    async def dataset_attachments(self, dataset: str) -> list[Attachment]:
+        """Tasks on `dataset` or below it (a recursive task on a parent is not: deleting a child leaves it)."""
+        return [
+            Attachment("Snapshot Task", task["dataset"], task["enabled"], order=0,
+                       delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
+                       toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled))
+            for task in await self.stored() if is_same_or_descendant(task["dataset"], dataset)
+        ]
 
     # Public methods --------------------------------------------------------------------------------
 

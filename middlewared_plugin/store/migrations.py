@@ -27,8 +27,14 @@ def _m001_document_tables(db: sqlite_utils.Database) -> None:
         db[name].create({"id": int, "data": str}, pk="id", if_not_exists=True)
 
 
+def _m002_pool_table(db: sqlite_utils.Database) -> None:
+    """Pools this server has seen imported, by guid: their ids are what `pool.export(id)` takes."""
+    db["pool"].create({"id": int, "data": str}, pk="id", if_not_exists=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_document_tables,
+    _m002_pool_table,
 ]
 
 

@@ -24,6 +24,7 @@ from middlewared_plugin.zfs.features import Feature, Features, detect_features
 from middlewared_plugin.zfs.types import (
     Dataset,
     DestroyResult,
+    ImportablePool,
     Pool,
     Snapshot,
     is_same_or_descendant,
@@ -61,8 +62,28 @@ class Zfs:
     # ----------------------------------------------------------------------------------------- pools
 
     async def pools(self) -> list[Pool]:
-        out = await self._run(["zpool", "list", "-H", "-o", "name,health"])
-        return [Pool(*line.split("\t")[:2]) for line in out.splitlines() if line]
+        out = await self._run(["zpool", "list", "-H", "-o", "name,health,guid"])
+        return [Pool(*line.split("\t")[:3]) for line in out.splitlines() if line]
+
+    async def importable_pools(self, search_dirs: Sequence[str] = ()) -> list[ImportablePool]:
+        """Exported pools on the devices (or, for file vdevs, in the directories) `zpool import` searches."""
+        argv = ["zpool", "import", *_search_options(search_dirs)]
+        result = await self.runner.run(argv, check=False, timeout=self.timeout)
+        stderr = result.stderr.decode(errors="replace").strip()
+        # Nothing to import exits 1, silently (zfs-fuse) or saying so (OpenZFS): an empty list, not an error.
+        if result.returncode != 0 and not result.text.strip() and stderr and "no pools available" not in stderr:
+            raise CommandFailed(self.runner.name, argv, result.returncode, stderr)
+        return _importable(result.text)
+
+    async def import_pool(self, guid: str, *, new_name: str | None = None, search_dirs: Sequence[str] = ()) -> None:
+        """Import an exported pool by its guid (unambiguous where names repeat), optionally renaming it."""
+        await self._run(["zpool", "import", *_search_options(search_dirs), guid, *([new_name] if new_name else [])])
+
+    async def export_pool(self, name: str) -> None:
+        await self._run(["zpool", "export", name])
+
+    async def destroy_pool(self, name: str) -> None:
+        await self._run(["zpool", "destroy", name])
 
     async def pool_status(self, pool: str) -> str:
         """`zpool status` text of one pool (for humans; not parsed)."""
@@ -150,8 +171,9 @@ class Zfs:
         argv = ["zfs", "create"] + (["-p"] if parents else []) + _property_options(properties) + [name]
         await self._run(argv)
 
-    async def destroy_dataset(self, name: str, *, recursive: bool = False) -> None:
-        await self._run(["zfs", "destroy"] + (["-r"] if recursive else []) + [name])
+    async def destroy_dataset(self, name: str, *, recursive: bool = False, force: bool = False) -> None:
+        """`force` unmounts a busy file system first (`-f`)."""
+        await self._run(["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else []) + [name])
 
     async def get_properties(self, name: str, properties: Iterable[str]) -> dict[str, str | None]:
         """Values of the given properties of one dataset or snapshot; None where unset (`-`)."""
@@ -274,6 +296,23 @@ class Zfs:
 
 
 # ------------------------------------------------------------------------------------ send / receive
+
+def _search_options(search_dirs: Sequence[str]) -> list[str]:
+    return [arg for directory in search_dirs for arg in ("-d", directory)]
+
+
+_IMPORT_FIELD = re.compile(r"^\s*(pool|id|state):\s*(\S+)\s*$")
+
+
+def _importable(text: str) -> list[ImportablePool]:
+    """The pools of `zpool import`'s listing: one block per pool, each starting with "pool: NAME"."""
+    pools = []
+    for block in re.split(r"^(?=\s*pool:)", text, flags=re.MULTILINE):
+        fields = dict(m.groups() for line in block.splitlines() if (m := _IMPORT_FIELD.match(line)))
+        if "pool" in fields and "id" in fields:
+            pools.append(ImportablePool(fields["pool"], fields["id"], fields.get("state", "UNKNOWN")))
+    return pools
+
 
 def _snapshot_ref(ref: str, snapshot: str) -> str:
     """A base given as "name", "@name", "#bookmark" or full name -> full name on the snapshot's dataset."""

@@ -59,6 +59,16 @@ class Snapshot:
 class Pool:
     name: str
     health: str
+    guid: str = ""
+
+
+@dataclass(frozen=True)
+class ImportablePool:
+    """An exported pool `zpool import` found on the searched devices."""
+
+    name: str
+    guid: str
+    state: str
 
 
 @dataclass(frozen=True)
