@@ -248,12 +248,12 @@ class PoolDatasetService(Service):
     async def delete(self, ctx: CallContext, id: str, options: dict[str, Any] | None = None) -> bool:
         """Destroy a dataset (with `recursive`, its children too), then delete the tasks that used it."""
         options = {**DatasetDeleteOptions().model_dump(), **(options or {})}
-        if "/" not in id:
-            raise CallError(f"{id!r} is the root dataset of a pool: export or destroy the pool instead",
-                            errno.EINVAL)
         zfs = Zfs(self.app.zfs_runner)
         if "@" in id or not await zfs.exists(id):
             raise CallError(f"Dataset {id!r} does not exist", errno.ENOENT)
+        if "/" not in id:
+            raise CallError(f"{id!r} is the root dataset of a pool: export or destroy the pool instead",
+                            errno.EINVAL)
         attached = await attachments_of(self.app, id)
         await zfs.destroy_dataset(id, recursive=options["recursive"], force=options["force"])
         await delete_all(attached)

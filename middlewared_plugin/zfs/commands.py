@@ -13,6 +13,7 @@ the flags it asks for.
 from __future__ import annotations
 
 import errno
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,8 @@ from middlewared_plugin.zfs.types import (
     is_same_or_descendant,
     split_snapshot_name,
 )
+
+logger = logging.getLogger(__name__)
 
 #: zettarepl's proven batch size for `zfs destroy ds@a,b,...`; the argv length bound keeps us far from ARG_MAX.
 DESTROY_BATCH_NAMES = 100
@@ -172,8 +175,43 @@ class Zfs:
         await self._run(argv)
 
     async def destroy_dataset(self, name: str, *, recursive: bool = False, force: bool = False) -> None:
-        """`force` unmounts a busy file system first (`-f`)."""
-        await self._run(["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else []) + [name])
+        """`force` unmounts a busy file system anyway (`-f`)."""
+        argv = ["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else []) + [name]
+        try:
+            await self._run(argv)
+        except CommandFailed as e:
+            if "busy" not in e.stderr:
+                raise
+            # zfs-fuse cannot unmount as part of a destroy: unmount the tree ourselves, then try again. If it
+            # still fails, what we unmounted is mounted back: a refused destroy changes nothing.
+            unmounted = await self._unmount_tree(name, recursive=recursive, force=force)
+            try:
+                await self._run(argv)
+            except CommandFailed:
+                await self._mount_back(unmounted)
+                raise
+
+    async def _unmount_tree(self, name: str, *, recursive: bool, force: bool) -> list[str]:
+        """Unmount the mounted file systems of `name` (and below it if `recursive`), deepest first."""
+        rows = await self._get(name, ["mounted"], depth=None if recursive else 0, type_="filesystem")
+        mounted = sorted((fs for fs, values in rows.items() if values.get("mounted", ("",))[0] == "yes"),
+                         key=lambda fs: -fs.count("/"))
+        unmounted: list[str] = []
+        for fs in mounted:
+            try:
+                await self._run(["zfs", "unmount"] + (["-f"] if force else []) + [fs])
+            except CommandFailed:
+                await self._mount_back(unmounted)
+                raise
+            unmounted.append(fs)
+        return unmounted
+
+    async def _mount_back(self, unmounted: list[str]) -> None:
+        for fs in reversed(unmounted):
+            try:
+                await self._run(["zfs", "mount", fs])
+            except CommandFailed as e:
+                logger.warning("Could not mount %s back: %s", fs, e.stderr)
 
     async def get_properties(self, name: str, properties: Iterable[str]) -> dict[str, str | None]:
         """Values of the given properties of one dataset or snapshot; None where unset (`-`)."""

@@ -43,3 +43,4 @@ def test_resume_and_receive_argv():
         override_properties={"readonly": "on"},
     ) == ["zfs", "receive", "-s", "-F", "-u", "-x", "mountpoint", "-o", "readonly=on", "pool/b"]
     assert recv_abort_argv("pool/b") == ["zfs", "receive", "-A", "pool/b"]
+
