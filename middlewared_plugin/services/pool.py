@@ -157,16 +157,10 @@ class PoolService(Service):
         assert job is not None
         pool = await self._get(id)
         attached = await attachments_of(self.app, pool["name"])
-        if options["cascade"]:
-            job.set_progress(10, "Deleting pool attachments")
-            await delete_all(attached)
-            changed = attached
-        else:
-            job.set_progress(10, "Disabling pool attachments")
-            changed = [a for a in attached if a.enabled]
-            await toggle_all(changed, False)
-        for attachment in changed:
-            job.log(f"{'Deleted' if options['cascade'] else 'Disabled'} {attachment.type} {attachment.name}")
+        # Disabled first, so nothing starts on the pool while it goes; deleted (`cascade`) only once it is gone.
+        job.set_progress(10, "Disabling pool attachments")
+        disabled = [a for a in attached if a.enabled]
+        await toggle_all(disabled, False)
         if pool["status"] != "OFFLINE":
             try:
                 if options["destroy"]:
@@ -177,9 +171,13 @@ class PoolService(Service):
                     job.set_progress(50, f"Exporting pool {pool['name']}")
                     await self.zfs().export_pool(pool["name"])
             except CallError:
-                if not options["cascade"]:  # the pool stays: so do its tasks, as they were
-                    await toggle_all(changed, True)
+                await toggle_all(disabled, True)  # the pool stays: so do its tasks, as they were
                 raise
+        if options["cascade"]:
+            job.set_progress(90, "Deleting pool attachments")
+            await delete_all(attached)
+        for attachment in attached if options["cascade"] else disabled:
+            job.log(f"{'Deleted' if options['cascade'] else 'Disabled'} {attachment.type} {attachment.name}")
         await self.app.store.delete("pool", id)
         job.set_progress(100, f"Pool {pool['name']} {'destroyed' if options['destroy'] else 'exported'}")
 

@@ -226,14 +226,16 @@ async def test_importing_an_unknown_guid_is_enoent(client: Client, pool: FilePoo
     assert failed.value.errno == errno.ENOENT
 
 
+@pytest.mark.parametrize("options", [{}, {"cascade": True}])
 async def test_a_pool_that_cannot_be_exported_keeps_its_tasks_as_they_were(client: Client, pool: FilePool,
-                                                                           local_zfs: Zfs):
+                                                                           local_zfs: Zfs, options: dict[str, bool]):
     await datasets(local_zfs, f"{pool.name}/data", f"{pool.name}/quiet")
     active = await snapshot_task(client, f"{pool.name}/data")
     quiet = await snapshot_task(client, f"{pool.name}/quiet", enabled=False)
 
     with (pool.mountpoint / "data" / "open-file").open("w"), pytest.raises(ClientException) as refused:
-        await client.call("pool.export", await pool_id(client, pool.name), job=True)  # busy: a file is open
+        # busy: a file is open
+        await client.call("pool.export", await pool_id(client, pool.name), options, job=True)
 
     assert "busy" in str(refused.value)
     assert pool.name in {p.name for p in await local_zfs.pools()}
