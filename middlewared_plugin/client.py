@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import scramp
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -48,6 +49,9 @@ MAX_QUEUED = 10000
 MAX_CACHED_JOBS = 1000
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 METHOD_NOT_FOUND = -32601
+#: The iteration counts TrueNAS's clients accept from a server (more would let a server make us burn CPU).
+SCRAM_MIN_ITERATIONS = 50_000
+SCRAM_MAX_ITERATIONS = 5_000_000
 INVALID_PARAMS = -32602
 
 _UNSET: Any = object()
@@ -364,10 +368,13 @@ class Client:
             return bool(await self.call("auth.login", username, password))
         return response.get("response_type") == "SUCCESS"
 
-    async def login_with_api_key(self, api_key: str, username: str | None = None) -> bool:
-        """API_KEY_PLAIN when `username` is known (login_ex requires it), else legacy `auth.login_with_api_key`."""
+    async def login_with_api_key(self, api_key: str, username: str | None = None, *, plain: bool = False) -> bool:
+        """With `username` (both mechanisms of login_ex need it): SCRAM-SHA-512 where the server offers it and
+        `plain` is not asked for, else API_KEY_PLAIN. Without: legacy `auth.login_with_api_key`."""
         if username is None:
             return bool(await self.call("auth.login_with_api_key", api_key))
+        if not plain and "SCRAM" in await self._mechanisms():
+            return await self._login_scram(api_key, username)
         try:
             response = await self.login_ex({"mechanism": "API_KEY_PLAIN", "username": username,
                                             "api_key": api_key})
@@ -376,6 +383,42 @@ class Client:
                 raise
             return bool(await self.call("auth.login_with_api_key", api_key))
         return response.get("response_type") == "SUCCESS"
+
+    async def _mechanisms(self) -> list[str]:
+        try:
+            return list(await self.call("auth.mechanism_choices"))
+        except ClientException as e:
+            if not _method_missing(e):
+                raise
+            return []
+
+    async def _login_scram(self, api_key: str, username: str) -> bool:
+        """RFC 5802 through `auth.login_ex`: user `<username>:<key id>`, password the key's secret. The server
+        must prove it knows the key too (its final signature), or this raises."""
+        key_id, _, secret = api_key.partition("-")
+        exchange = scramp.ScramClient(["SCRAM-SHA-512"], f"{username}:{key_id}", secret)
+
+        async def step(scram_type: str, rfc_str: str) -> str | None:
+            response = await self.login_ex({"mechanism": "SCRAM", "scram_type": scram_type, "rfc_str": rfc_str})
+            return response["rfc_str"] if response.get("response_type") == "SCRAM_RESPONSE" else None
+
+        server_first = await step("CLIENT_FIRST_MESSAGE", exchange.get_client_first())
+        if server_first is None:
+            return False
+        iterations = int(dict(f.split("=", 1) for f in server_first.split(",") if "=" in f).get("i", "0"))
+        if not SCRAM_MIN_ITERATIONS <= iterations <= SCRAM_MAX_ITERATIONS:
+            raise ClientException(f"The server asked for {iterations} SCRAM iterations", errno.EINVAL)
+        exchange.set_server_first(server_first)
+        # PBKDF2 over hundreds of thousands of rounds: off the event loop.
+        server_final = await step("CLIENT_FINAL_MESSAGE", await asyncio.to_thread(exchange.get_client_final))
+        if server_final is None:
+            return False
+        try:
+            exchange.set_server_final(server_final)
+        except scramp.ScramException:
+            raise ClientException("The server's SCRAM signature is wrong: it does not know this key",
+                                  ENOTAUTHENTICATED) from None
+        return True
 
     async def login_with_token(self, token: str) -> bool:
         try:

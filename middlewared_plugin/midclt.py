@@ -6,7 +6,8 @@ works against a real TrueNAS as well.
     midclt ping
 
 Differences from TrueNAS's midclt, on purpose: a failed login exits 1 (not 0); `-K` without `-U` uses the
-legacy `auth.login_with_api_key` instead of SCRAM; the job progress bar also shows bytes, rate and ETA.
+legacy `auth.login_with_api_key` instead of SCRAM, and `-K` falls back to API_KEY_PLAIN on a server without
+SCRAM instead of refusing; the job progress bar also shows bytes, rate and ETA.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-u", "--uri", help="ws://, wss:// or ws+unix:// URI (default: the local unix socket)")
     parser.add_argument("-U", "--username")
     parser.add_argument("-P", "--password")
-    parser.add_argument("-K", "--api-key", help="API key; with -U it is sent as API_KEY_PLAIN")
+    parser.add_argument("-K", "--api-key", help="API key; with -U it logs in by SCRAM-SHA-512 (or API_KEY_PLAIN "
+                                                "with --plain or where the server has no SCRAM)")
+    parser.add_argument("--plain", action="store_true", help="send the API key itself (API_KEY_PLAIN), not SCRAM")
     parser.add_argument("-t", "--timeout", type=float, default=None,
                         help=f"call timeout in seconds (default $CALL_TIMEOUT or {DEFAULT_CALL_TIMEOUT:g})")
     parser.add_argument("--insecure", action="store_true", help="do not verify the wss:// certificate")
@@ -165,7 +168,7 @@ async def _login(client: Client, ns: argparse.Namespace) -> str | None:
     """None on success, else the reason the login failed."""
     try:
         if ns.api_key:
-            ok = await client.login_with_api_key(ns.api_key, ns.username)
+            ok = await client.login_with_api_key(ns.api_key, ns.username, plain=ns.plain)
         elif ns.username and ns.password is not None:
             ok = await client.login_with_password(ns.username, ns.password)
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from middlewared_plugin.auth import roles as _roles
+from middlewared_plugin.auth import scram
 from middlewared_plugin.auth.credentials import Credentials
 from middlewared_plugin.errors import CallError
 from middlewared_plugin.store.db import Store
@@ -76,8 +77,25 @@ class Accounts:
         secret = secrets.token_urlsafe(48)
         key_id = await self._store.insert("api_keys", {
             "name": name, "username": username, "key": hash_token(secret), "created_at": time.time(),
+            "scram": await asyncio.to_thread(scram.auth_info, secret),
         })
         return f"{key_id}-{secret}"
+
+    async def api_key_scram(self, username: str, key_id: int) -> dict[str, Any] | None:
+        """The SCRAM data of `username`'s key `key_id`; None if there is no such key (or it predates SCRAM and
+        has not been used with its secret since: a plain login adds the data)."""
+        key = await self._store.get("api_keys", key_id)
+        if key is None or key["username"] != username:
+            return None
+        return key.get("scram")
+
+    async def api_key_credentials(self, key_id: int) -> Credentials | None:
+        """Who logs in with key `key_id` (its user's current roles); None once the key or the user is gone."""
+        key = await self._store.get("api_keys", key_id)
+        user_roles = None if key is None else await self.user_roles(key["username"])
+        if key is None or user_roles is None:
+            return None
+        return Credentials.for_user("API_KEY", key["username"], user_roles)
 
     async def check_api_key(self, raw: str, username: str | None = None) -> Credentials | None:
         key_id, _, secret = raw.partition("-")
@@ -88,10 +106,10 @@ class Accounts:
             return None
         if username is not None and username != key["username"]:
             return None
-        user_roles = await self.user_roles(key["username"])
-        if user_roles is None:
-            return None
-        return Credentials.for_user("API_KEY", key["username"], user_roles)
+        if "scram" not in key:  # a key made before SCRAM: now that its secret is known, SCRAM can use it too
+            await self._store.update("api_keys", int(key_id),
+                                     {**key, "scram": await asyncio.to_thread(scram.auth_info, secret)})
+        return await self.api_key_credentials(int(key_id))
 
     # Tokens -------------------------------------------------------------------------------------------
 

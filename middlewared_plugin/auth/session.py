@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from middlewared_plugin.auth.credentials import Credentials
+from middlewared_plugin.auth.scram import ScramExchange
 
 
 @dataclass
@@ -17,6 +18,8 @@ class Session:
 
     #: Subscription id -> event name; the protocol layer delivers matching events.
     subscriptions: dict[str, str] = field(default_factory=dict)
+    #: A SCRAM login between its two `auth.login_ex` calls.
+    scram: ScramExchange | None = None
 
     @property
     def authenticated(self) -> bool:

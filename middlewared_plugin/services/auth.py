@@ -5,12 +5,15 @@ import errno
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
+from scramp import ScramException
 
+from middlewared_plugin.auth import scram
 from middlewared_plugin.auth.credentials import Credentials
+from middlewared_plugin.auth.scram import ScramExchange
 from middlewared_plugin.errors import CallError
 from middlewared_plugin.services.base import ApiModel, CallContext, Private, Service, api_method
 
-MECHANISMS = ["PASSWORD_PLAIN", "API_KEY_PLAIN", "TOKEN_PLAIN"]
+MECHANISMS = ["PASSWORD_PLAIN", "API_KEY_PLAIN", "TOKEN_PLAIN", "SCRAM"]
 
 
 class LoginOptions(ApiModel):
@@ -38,8 +41,17 @@ class TokenPlain(ApiModel):
     login_options: LoginOptions = LoginOptions()
 
 
+class Scram(ApiModel):
+    """An API key login by SCRAM-SHA-512: two calls, CLIENT_FIRST_MESSAGE then CLIENT_FINAL_MESSAGE."""
+
+    mechanism: Literal["SCRAM"]
+    scram_type: Literal["CLIENT_FIRST_MESSAGE", "CLIENT_FINAL_MESSAGE"]
+    rfc_str: Annotated[str, Private]
+    login_options: LoginOptions = LoginOptions()
+
+
 class LoginExArgs(ApiModel):
-    login_data: Annotated[PasswordPlain | ApiKeyPlain | TokenPlain, Field(discriminator="mechanism")]
+    login_data: Annotated[PasswordPlain | ApiKeyPlain | TokenPlain | Scram, Field(discriminator="mechanism")]
 
 
 class LoginArgs(ApiModel):
@@ -95,6 +107,42 @@ class AuthService(Service):
         ctx.session.credentials = credentials
         return credentials
 
+    async def _scram(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
+        """One step of a SCRAM login; the exchange lives on the session between the two steps."""
+        session = ctx.session
+        assert session is not None
+        exchange, session.scram = session.scram, None
+        if data["scram_type"] == "CLIENT_FIRST_MESSAGE":
+            limiter = self.app.login_limiter
+            if limiter.blocked(session.address):
+                raise CallError("Rate Limit Exceeded", errno.EBUSY)
+            exchange = await self._scram_start(data["rfc_str"])
+            if exchange is None:
+                limiter.record_failure(session.address)
+                return {"response_type": "AUTH_ERR"}
+            session.scram = exchange
+            return {"response_type": "SCRAM_RESPONSE", "scram_type": "SERVER_FIRST_RESPONSE",
+                    "rfc_str": exchange.server_first(), "user_info": None}
+        server_final = exchange.finish(data["rfc_str"]) if exchange is not None else None
+        credentials = await self._login(ctx, self._scram_credentials(exchange if server_final else None))
+        if credentials is None or server_final is None:
+            return {"response_type": "AUTH_ERR"}
+        return {"response_type": "SCRAM_RESPONSE", "scram_type": "SERVER_FINAL_RESPONSE", "rfc_str": server_final,
+                "user_info": user_info(credentials) if data["login_options"]["user_info"] else None}
+
+    async def _scram_start(self, client_first: str) -> ScramExchange | None:
+        named = scram.client_user(client_first)
+        info = await self.app.accounts.api_key_scram(*named) if named else None
+        if named is None or info is None:
+            return None
+        try:
+            return ScramExchange.start(client_first, *named, info)
+        except ScramException:
+            return None
+
+    async def _scram_credentials(self, exchange: ScramExchange | None) -> Credentials | None:
+        return await self.app.accounts.api_key_credentials(exchange.key_id) if exchange is not None else None
+
     @api_method(LoginArgs, no_auth=True)
     async def login(self, ctx: CallContext, username: str, password: str, otp_token: str | None) -> bool:
         return await self._login(ctx, self.app.accounts.check_password(username, password)) is not None
@@ -111,6 +159,8 @@ class AuthService(Service):
     async def login_ex(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
         accounts = self.app.accounts
         match data["mechanism"]:
+            case "SCRAM":
+                return await self._scram(ctx, data)
             case "PASSWORD_PLAIN":
                 check = accounts.check_password(data["username"], data["password"])
             case "API_KEY_PLAIN":
