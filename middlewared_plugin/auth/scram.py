@@ -41,17 +41,20 @@ def client_user(client_first: str) -> tuple[str, int] | None:
 class ScramExchange:
     """One SCRAM login in progress on a session: between CLIENT_FIRST_MESSAGE and CLIENT_FINAL_MESSAGE."""
 
-    username: str
     key_id: int
     server: Any  # scramp's ScramServer
 
     @classmethod
-    def start(cls, client_first: str, username: str, key_id: int, info: dict[str, Any]) -> ScramExchange:
+    def start(cls, client_first: str, key_id: int, info: dict[str, Any]) -> ScramExchange | None:
+        """The exchange for key `key_id` (whose SCRAM data is `info`), or None for a malformed message."""
         stored = (base64.b64decode(info["salt"]), base64.b64decode(info["stored_key"]),
                   base64.b64decode(info["server_key"]), info["iterations"])
         server = scramp.ScramMechanism(MECHANISM).make_server(lambda _name: stored)
-        server.set_client_first(client_first)
-        return cls(username, key_id, server)
+        try:
+            server.set_client_first(client_first)
+        except scramp.ScramException:
+            return None
+        return cls(key_id, server)
 
     def server_first(self) -> str:
         return self.server.get_server_first()

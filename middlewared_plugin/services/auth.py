@@ -1,11 +1,10 @@
-"""`auth.*`: logins by password, API key and token; tokens; who am I (reference §1.4)."""
+"""`auth.*`: logins by password, API key (plain or SCRAM-SHA-512) and token; tokens; who am I (reference §1.4)."""
 from __future__ import annotations
 
 import errno
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
-from scramp import ScramException
 
 from middlewared_plugin.auth import scram
 from middlewared_plugin.auth.credentials import Credentials
@@ -93,18 +92,24 @@ def user_info(credentials: Credentials) -> dict[str, Any]:
 class AuthService(Service):
     namespace = "auth"
 
-    async def _login(self, ctx: CallContext, check: Any) -> Credentials | None:
-        """Run a credential check under the failed-login rate limit; on success the session is logged in."""
+    async def _limited(self, ctx: CallContext, check: Any) -> Any:
+        """Run a credential check (a coroutine answering None for "refused") under the failed-login rate limit."""
         assert ctx.session is not None
         limiter = self.app.login_limiter
         if limiter.blocked(ctx.session.address):
             check.close()  # never run: close it so the coroutine is not left un-awaited
             raise CallError("Rate Limit Exceeded", errno.EBUSY)
-        credentials = await check
-        if credentials is None:
+        result = await check
+        if result is None:
             limiter.record_failure(ctx.session.address)
-            return None
-        ctx.session.credentials = credentials
+        return result
+
+    async def _login(self, ctx: CallContext, check: Any) -> Credentials | None:
+        """A credential check under the rate limit; on success the session is logged in."""
+        assert ctx.session is not None
+        credentials = await self._limited(ctx, check)
+        if credentials is not None:
+            ctx.session.credentials = credentials
         return credentials
 
     async def _scram(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -113,12 +118,8 @@ class AuthService(Service):
         assert session is not None
         exchange, session.scram = session.scram, None
         if data["scram_type"] == "CLIENT_FIRST_MESSAGE":
-            limiter = self.app.login_limiter
-            if limiter.blocked(session.address):
-                raise CallError("Rate Limit Exceeded", errno.EBUSY)
-            exchange = await self._scram_start(data["rfc_str"])
+            exchange = await self._limited(ctx, self._scram_start(data["rfc_str"]))
             if exchange is None:
-                limiter.record_failure(session.address)
                 return {"response_type": "AUTH_ERR"}
             session.scram = exchange
             return {"response_type": "SCRAM_RESPONSE", "scram_type": "SERVER_FIRST_RESPONSE",
@@ -135,10 +136,7 @@ class AuthService(Service):
         info = await self.app.accounts.api_key_scram(*named) if named else None
         if named is None or info is None:
             return None
-        try:
-            return ScramExchange.start(client_first, *named, info)
-        except ScramException:
-            return None
+        return ScramExchange.start(client_first, named[1], info)
 
     async def _scram_credentials(self, exchange: ScramExchange | None) -> Credentials | None:
         return await self.app.accounts.api_key_credentials(exchange.key_id) if exchange is not None else None

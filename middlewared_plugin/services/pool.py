@@ -99,30 +99,31 @@ class PoolService(Service):
     def zfs(self) -> Zfs:
         return Zfs(self.app.zfs_runner)
 
-    async def _rows(self) -> dict[str, int]:
-        """guid -> pool id of every pool this server has recorded."""
-        return {doc["guid"]: id for id, doc in await self.app.store.all("pool")}
+    async def _recorded(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """guid -> (pool id, row) of every pool this server has recorded."""
+        return {doc["guid"]: (id, doc) for id, doc in await self.app.store.all("pool")}
 
-    async def _imported(self) -> list[tuple[int, Pool]]:
-        """The imported pools with their ids; a pool seen for the first time gets one now."""
-        rows = await self._rows()
+    async def _imported(self, recorded: dict[str, tuple[int, dict[str, Any]]]) -> list[tuple[int, Pool]]:
+        """The imported pools with their ids; a pool seen for the first time is recorded (and gets one) now."""
         found = []
         for pool in await self.zfs().pools():
-            if pool.guid not in rows:
-                rows[pool.guid] = await self.app.store.insert("pool", {"name": pool.name, "guid": pool.guid})
-            found.append((rows[pool.guid], pool))
+            if pool.guid not in recorded:
+                row = {"name": pool.name, "guid": pool.guid}
+                recorded[pool.guid] = (await self.app.store.insert("pool", row), row)
+            found.append((recorded[pool.guid][0], pool))
         return found
 
     async def _entries(self) -> list[dict[str, Any]]:
-        imported = await self._imported()
+        recorded = await self._recorded()
+        imported = await self._imported(recorded)
         seen = {pool.guid for _, pool in imported}
         entries = [{"id": id, "name": pool.name, "guid": pool.guid, "status": pool.health,
                     "healthy": pool.health == "ONLINE", "path": await self._mountpoint(pool.name),
                     "is_decrypted": True} for id, pool in imported]
         # Recorded but not imported any more (exported by someone else, disks gone): OFFLINE, as TrueNAS shows.
-        entries += [{"id": id, "name": doc["name"], "guid": doc["guid"], "status": "OFFLINE", "healthy": False,
+        entries += [{"id": id, "name": doc["name"], "guid": guid, "status": "OFFLINE", "healthy": False,
                      "path": None, "is_decrypted": True}
-                    for id, doc in await self.app.store.all("pool") if doc["guid"] not in seen]
+                    for guid, (id, doc) in recorded.items() if guid not in seen]
         return sorted(entries, key=lambda e: e["id"])
 
     async def _mountpoint(self, name: str) -> str | None:
@@ -149,10 +150,9 @@ class PoolService(Service):
         return listing(await attachments_of(self.app, pool["name"]))
 
     @api_method(ExportArgs, roles=("POOL_WRITE",), job=True, lock=lambda args: f"pool_export_{args[0]}")
-    async def export(self, ctx: CallContext, id: int, options: dict[str, Any] | None = None) -> None:
+    async def export(self, ctx: CallContext, id: int, options: dict[str, Any]) -> None:
         """Export the pool (or, with `destroy`, PERMANENTLY destroy it). Tasks that use it are disabled, or
         deleted with `cascade`, first: none of them can run without the pool."""
-        options = {**ExportOptions().model_dump(), **(options or {})}
         job = ctx.job
         assert job is not None
         pool = await self._get(id)
@@ -201,7 +201,7 @@ class PoolService(Service):
         name = new_name or found[guid].name
         job.set_progress(10, f"Importing pool {name}")
         await zfs.import_pool(guid, new_name=new_name, search_dirs=self.app.settings.pool_import_dirs)
-        await self._imported()
+        await self._imported(await self._recorded())
         job.set_progress(90, "Enabling pool attachments")
         disabled = [a for a in await attachments_of(self.app, name) if not a.enabled]
         await toggle_all(disabled, True)
@@ -243,9 +243,8 @@ class PoolDatasetService(Service):
         return listing(await attachments_of(self.app, id))
 
     @api_method(DatasetDeleteArgs, roles=("DATASET_DELETE",))
-    async def delete(self, ctx: CallContext, id: str, options: dict[str, Any] | None = None) -> bool:
+    async def delete(self, ctx: CallContext, id: str, options: dict[str, Any]) -> bool:
         """Destroy a dataset (with `recursive`, its children too), then delete the tasks that used it."""
-        options = {**DatasetDeleteOptions().model_dump(), **(options or {})}
         zfs = Zfs(self.app.zfs_runner)
         if "@" in id or not await zfs.exists(id):
             raise CallError(f"Dataset {id!r} does not exist", errno.ENOENT)

@@ -175,43 +175,35 @@ class Zfs:
         await self._run(argv)
 
     async def destroy_dataset(self, name: str, *, recursive: bool = False, force: bool = False) -> None:
-        """`force` unmounts a busy file system anyway (`-f`)."""
+        """`force` unmounts a busy file system anyway (`-f`). A refused destroy leaves the mounts as they were."""
         argv = ["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else []) + [name]
+        mounted = await self._mounted(name, recursive=recursive)
         try:
-            await self._run(argv)
-        except CommandFailed as e:
-            if "busy" not in e.stderr:
-                raise
-            # zfs-fuse cannot unmount as part of a destroy: unmount the tree ourselves, then try again. If it
-            # still fails, what we unmounted is mounted back: a refused destroy changes nothing.
-            unmounted = await self._unmount_tree(name, recursive=recursive, force=force)
             try:
                 await self._run(argv)
-            except CommandFailed:
-                await self._mount_back(unmounted)
-                raise
-
-    async def _unmount_tree(self, name: str, *, recursive: bool, force: bool) -> list[str]:
-        """Unmount the mounted file systems of `name` (and below it if `recursive`), deepest first."""
-        rows = await self._get(name, ["mounted"], depth=None if recursive else 0, type_="filesystem")
-        mounted = sorted((fs for fs, values in rows.items() if values.get("mounted", ("",))[0] == "yes"),
-                         key=lambda fs: -fs.count("/"))
-        unmounted: list[str] = []
-        for fs in mounted:
-            try:
-                await self._run(["zfs", "unmount"] + (["-f"] if force else []) + [fs])
-            except CommandFailed:
-                await self._mount_back(unmounted)
-                raise
-            unmounted.append(fs)
-        return unmounted
-
-    async def _mount_back(self, unmounted: list[str]) -> None:
-        for fs in reversed(unmounted):
-            try:
-                await self._run(["zfs", "mount", fs])
             except CommandFailed as e:
-                logger.warning("Could not mount %s back: %s", fs, e.stderr)
+                if "busy" not in e.stderr:
+                    raise
+                # zfs-fuse cannot unmount within `zfs destroy`: unmount what is left ourselves, then try again.
+                for fs in await self._mounted(name, recursive=recursive):
+                    await self._run(["zfs", "unmount"] + (["-f"] if force else []) + [fs])
+                await self._run(argv)
+        except CommandFailed:
+            # A failed destroy (zfs-fuse's own included) may have unmounted part of the tree: mount it back.
+            now = set(await self._mounted(name, recursive=recursive))
+            for fs in reversed(mounted):  # parents first
+                if fs not in now:
+                    try:
+                        await self._run(["zfs", "mount", fs])
+                    except CommandFailed as e:
+                        logger.warning("Could not mount %s back: %s", fs, e.stderr)
+            raise
+
+    async def _mounted(self, name: str, *, recursive: bool) -> list[str]:
+        """The mounted file systems of `name` (and below it if `recursive`), deepest first."""
+        rows = await self._get(name, ["mounted"], depth=None if recursive else 0, type_="filesystem")
+        return sorted((fs for fs, values in rows.items() if values.get("mounted", ("",))[0] == "yes"),
+                      key=lambda fs: -fs.count("/"))
 
     async def get_properties(self, name: str, properties: Iterable[str]) -> dict[str, str | None]:
         """Values of the given properties of one dataset or snapshot; None where unset (`-`)."""

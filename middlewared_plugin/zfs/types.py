@@ -59,7 +59,7 @@ class Snapshot:
 class Pool:
     name: str
     health: str
-    guid: str = ""
+    guid: str
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,21 @@ async def test_a_dataset_zfs_refuses_to_destroy_keeps_its_tasks(client: Client, 
     assert await ids(client, "pool.snapshottask") == {task["id"]}
 
 
+async def test_a_busy_dataset_is_not_deleted_and_what_was_unmounted_on_the_way_is_mounted_back(
+        client: Client, pool: FilePool, local_zfs: Zfs):
+    await datasets(local_zfs, f"{pool.name}/tree/deep/er", f"{pool.name}/tree/busy")
+    task = await snapshot_task(client, f"{pool.name}/tree", recursive=True)
+
+    # zfs-fuse cannot unmount within `zfs destroy`: the tree is unmounted deepest first, and `tree/busy` refuses.
+    with (pool.mountpoint / "tree" / "busy" / "open-file").open("w"), pytest.raises(ClientException) as refused:
+        await client.call("pool.dataset.delete", f"{pool.name}/tree", {"recursive": True})
+
+    assert "busy" in str(refused.value)
+    mounted = await local_zfs.get_properties(f"{pool.name}/tree/deep/er", ["mounted"])
+    assert mounted["mounted"] == "yes"
+    assert await ids(client, "pool.snapshottask") == {task["id"]}
+
+
 @pytest.mark.parametrize(("name", "code"), [("{pool}", errno.EINVAL), ("{pool}/missing", errno.ENOENT),
                                             ("{pool}@snap", errno.ENOENT)])
 async def test_deleting_a_pool_root_or_a_missing_dataset_is_refused(client: Client, pool: FilePool, name: str,
