@@ -21,8 +21,9 @@ from middlewared_plugin.jobs.manager import JobManager
 from middlewared_plugin.remote.runner import LocalRunner, Runner
 from middlewared_plugin.remote.ssh import runner_for_credentials
 from middlewared_plugin.scheduling.scheduler import Scheduler
-from middlewared_plugin.services.base import CallContext, MethodSpec, Service
+from middlewared_plugin.services.base import REDACTED, CallContext, MethodSpec, Service
 from middlewared_plugin.settings import Settings
+from middlewared_plugin.store import datadir
 from middlewared_plugin.store.db import Store
 from middlewared_plugin.store.secrets import SecretBox
 
@@ -37,8 +38,8 @@ class MethodNotFound(CallError):
 class App:
     def __init__(self, settings: Settings, service_classes: Iterable[type[Service]] | None = None):
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        (settings.data_dir / "jobs").mkdir(exist_ok=True)
+        datadir.prepare(settings.data_dir)
+        (settings.data_dir / "jobs").mkdir(mode=datadir.DIR_MODE, exist_ok=True)
         self.secrets = SecretBox(settings.data_dir / "secret.key")
         self.store = Store(settings.data_dir / "middlewared.sqlite")
         self.bus = EventBus()
@@ -46,6 +47,7 @@ class App:
         self.login_limiter = FailedLoginLimiter()
         self.jobs = JobManager(self.store, self.bus, settings.data_dir / "jobs")
         self.jobs.redact_arguments = self._redact_job_arguments
+        self.jobs.redact_result = self._redact_job_result
         self.local_runner: Runner = LocalRunner()
         #: Runs this server's own zfs/zpool commands: here, or on the host named by settings.local_zfs_ssh.
         self.zfs_runner: Runner = (
@@ -100,14 +102,18 @@ class App:
         return spec
 
     def authorize(self, spec: MethodSpec, session: Session | None) -> Credentials | None:
-        """The credentials the call runs with; raises when the session may not call the method."""
+        """The credentials the call runs with; raises when the session may not call the method.
+
+        The rule itself is `MethodSpec.authorized`: private helpers and methods without a role declaration
+        are for full admins only.
+        """
         if session is None:
             return None
         if spec.no_auth:
             return session.credentials
         if session.credentials is None:
             raise CallError("Not authenticated", ENOTAUTHENTICATED)
-        if spec.roles and not session.credentials.has_any_role(spec.roles):
+        if not spec.authorized(session.credentials):
             raise CallError("Not authorized", errno.EACCES)
         return session.credentials
 
@@ -144,16 +150,53 @@ class App:
         """Wait for a job; return its result or raise what it raised."""
         await self.jobs.wait(job)
         if job.raised is not None:
-            raise job.raised
+            # A copy: raising the job's own exception would chain this waiter's frames, and through their
+            # locals its whole connection, onto the traceback the job keeps for as long as it is remembered.
+            raise _copy_exception(job.raised)
         return job.result
+
+    # Job records: what the jobs table, core.get_jobs and its events show of a job's arguments and result.
 
     def _redact_job_arguments(self, method: str, arguments: list[Any]) -> list[Any]:
         spec = self.methods.get(method)
         if spec is None:
-            return arguments
+            # A method we do not know (a misspelt bulk call) may still have been given secrets.
+            return [REDACTED for _ in arguments]
         if method == "core.bulk" and len(arguments) >= 2 and isinstance(arguments[1], list):
-            # Each inner call is redacted by the inner method's own argument model.
-            inner = self.methods.get(arguments[0])
-            if inner is not None:
-                arguments = [arguments[0], [inner.redact_arguments(p) for p in arguments[1]], *arguments[2:]]
+            # Each inner call is redacted as a job of the inner method would be (a bulk of bulks too).
+            calls = [self._redact_job_arguments(arguments[0], p) if isinstance(p, list) else p for p in arguments[1]]
+            arguments = [arguments[0], calls, *arguments[2:]]
         return spec.redact_arguments(arguments)
+
+    def _redact_job_result(self, method: str, arguments: list[Any], result: Any) -> Any:
+        """By the method's `secret_result`, and through the calls a wrapping job ran for its caller."""
+        if method == "core.bulk" and len(arguments) >= 2 and isinstance(result, list):
+            return [
+                {**entry, "result": self._redact_job_result(arguments[0], params, entry.get("result"))}
+                for entry, params in zip(result, arguments[1], strict=False)
+            ]
+        if method == "core.job_wait" and arguments:
+            # The waited-for job's own record already shows its result redacted.
+            target = self.jobs.get(arguments[0])
+            return target.to_json()["result"] if target is not None else REDACTED
+        spec = self.methods.get(method)
+        if spec is None:
+            return None if result is None else REDACTED
+        return spec.redact_result(result)
+
+
+def _copy_exception(exc: BaseException) -> BaseException:
+    """A new exception of `exc`'s class with its arguments, attributes, chained exceptions and traceback so far.
+
+    Built without `__init__`, whose parameters are not `args` for many classes (ours among them).
+    """
+    cls = type(exc)
+    try:
+        copy = cls.__new__(cls, *exc.args)
+    except TypeError:
+        # A class whose __new__ takes other arguments too (pydantic's ValidationError): raised as it is.
+        return exc
+    copy.__dict__.update(exc.__dict__)
+    copy.__cause__, copy.__context__ = exc.__cause__, exc.__context__
+    copy.__suppress_context__ = exc.__suppress_context__
+    return copy.with_traceback(exc.__traceback__)

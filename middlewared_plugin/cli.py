@@ -11,7 +11,7 @@ from pathlib import Path
 from middlewared_plugin.app import App
 from middlewared_plugin.errors import CallError
 from middlewared_plugin.protocol.server import ApiServer
-from middlewared_plugin.settings import Settings, default_data_dir
+from middlewared_plugin.settings import DEFAULT_PORT, TLS_MODES, Settings, default_data_dir
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -31,7 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     serve = with_data_dir(sub.add_parser("serve", help="run the API server"))
-    serve.add_argument("--listen", type=_listen, default=("127.0.0.1", 6000), help="HOST:PORT (default 127.0.0.1:6000)")
+    serve.add_argument("--listen", type=_listen, default=("127.0.0.1", DEFAULT_PORT),
+                       help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT})")
+    serve.add_argument("--tls", choices=TLS_MODES, default="auto",
+                       help="HTTPS/WSS on HOST:PORT (plain HTTP there is redirected); auto: on unless HOST is loopback")
+    serve.add_argument("--tls-cert", type=Path, default=None,
+                       help="PEM certificate (chain) for TLS (default: a self-signed one, DATA_DIR/tls.crt)")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    serve.add_argument("--allowed-origin", action="append", default=None,
+                       help="a browser origin (https://host:port) allowed to use the API besides the server's own "
+                            "(repeatable)")
+    serve.add_argument("--server-name", action="append", default=None,
+                       help="a host name browsers reach this server by, besides localhost, the listen address and "
+                            "this machine's host name (repeatable; other names are refused: DNS rebinding)")
     serve.add_argument("--socket", type=Path, default=None, help="unix socket path (default DATA_DIR/middlewared.sock)")
     serve.add_argument("--ssh-port", type=int, default=22, help="SSH port announced by keychaincredential.ssh_pair")
     serve.add_argument("--ssh-host-key", type=Path, action="append", default=None,
@@ -58,6 +70,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.command == "serve":
         settings.listen_host, settings.listen_port = args.listen
         settings.socket_path = args.socket
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise SystemExit("middlewared-plugin: --tls-cert and --tls-key go together")
+        settings.tls, settings.tls_cert, settings.tls_key = args.tls, args.tls_cert, args.tls_key
+        settings.allowed_origins = tuple(args.allowed_origin or ())
+        settings.server_names = tuple(args.server_name or ())
         settings.ssh_port = args.ssh_port
         if args.ssh_host_key:
             settings.ssh_host_key_files = tuple(args.ssh_host_key)
@@ -74,8 +91,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"middlewared-plugin listening on ws://{settings.listen_host}:{settings.listen_port}/api/current "
-          f"and ws+unix://{settings.unix_socket}", flush=True)
+    print(f"middlewared-plugin listening on {settings.page_url} (API: {settings.page_url.replace('http', 'ws', 1)}"
+          f"api/current) and ws+unix://{settings.unix_socket}", flush=True)
+    if server.tls_fingerprint is not None:
+        print(f"TLS certificate SHA-256 fingerprint: {server.tls_fingerprint}", flush=True)
     await stop.wait()
     await server.stop()
     await app.stop()

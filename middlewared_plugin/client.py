@@ -3,9 +3,12 @@
 Used by `midclt`, by the test suite and by the server when it talks to another NAS, so it speaks only what
 a real TrueNAS speaks:
 
-    async with Client("ws://127.0.0.1:6000/api/current") as c:
+    async with Client("ws://127.0.0.1:8600/api/current") as c:
         await c.login_with_password("root", "secret")
         result = await c.call("replication.run", 5, job=True, callback=print)
+
+`wss://` verifies the server's certificate against the system's CAs or `ssl_ca_file`, or, with
+`ssl_fingerprint`, accepts exactly the certificate whose SHA-256 is that pin (what a self-signed NAS needs).
 
 On connect it sends `core.set_options` (`legacy_jobs=false` by default) and waits for the answer. Job calls
 subscribe to `core.get_jobs` first, learn their job id from the event whose `fields.message_ids` holds the
@@ -26,6 +29,7 @@ import ssl
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from middlewared_plugin.errors import ENOMETHOD, ENOTAUTHENTICATED, CallError, ValidationErrors
 from middlewared_plugin.protocol import ejson
+from middlewared_plugin.protocol.tls import fingerprint, normalize_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +165,8 @@ class Client:
         uri: str,
         *,
         verify_ssl: bool = True,
+        ssl_ca_file: str | Path | None = None,
+        ssl_fingerprint: str | None = None,
         legacy_jobs: bool = False,
         private_methods: bool = False,
         py_exceptions: bool = False,
@@ -169,6 +176,9 @@ class Client:
     ):
         self.uri = uri
         self.verify_ssl = verify_ssl
+        self.ssl_ca_file = ssl_ca_file
+        #: 64 lowercase hex digits; ValueError here, not at connect time, for a malformed pin.
+        self.ssl_fingerprint = normalize_fingerprint(ssl_fingerprint) if ssl_fingerprint else None
         self.legacy_jobs = legacy_jobs
         self.private_methods = private_methods
         self.py_exceptions = py_exceptions
@@ -195,16 +205,17 @@ class Client:
     async def connect(self) -> Client:
         """Open the socket and finish the `core.set_options` handshake."""
         sock_path, ws_uri = split_uri(self.uri, self.api_path)
+        if self.ssl_fingerprint is not None and (sock_path is not None or not ws_uri.startswith("wss://")):
+            raise ClientException(f"A pinned certificate fingerprint needs a wss:// URI, not {self.uri}", errno.EINVAL)
         kwargs: dict[str, Any] = {"max_size": MAX_MESSAGE_SIZE, "open_timeout": HANDSHAKE_TIMEOUT}
         if sock_path is not None:
             self.connection = await unix_connect(sock_path, ws_uri, **kwargs)
         else:
             if ws_uri.startswith("wss://"):
-                kwargs["ssl"] = ssl.create_default_context()
-                if not self.verify_ssl:
-                    kwargs["ssl"].check_hostname = False
-                    kwargs["ssl"].verify_mode = ssl.CERT_NONE
+                kwargs["ssl"] = self._ssl_context()
             self.connection = await connect(ws_uri, **kwargs)
+            if self.ssl_fingerprint is not None:
+                await self._check_pin()
         self._reader = asyncio.create_task(self._read_loop(), name=f"client-reader {self.uri}")
         try:
             self.options = await self.call(
@@ -217,6 +228,24 @@ class Client:
             await self.close()
             raise ClientException(f"Failed connection handshake: {e}", errno.ECONNREFUSED) from e
         return self
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ssl_ca_file)
+        if self.ssl_fingerprint is not None or not self.verify_ssl:
+            # A pin replaces CA and host name checks: _check_pin compares the exact certificate instead.
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _check_pin(self) -> None:
+        """Before the first frame: only the upgrade request, which carries no credentials, has gone out."""
+        assert self.connection is not None
+        der = self.connection.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        actual = fingerprint(der)
+        if normalize_fingerprint(actual) != self.ssl_fingerprint:
+            await self.connection.close()
+            raise ClientException(f"The server's certificate (SHA-256 {actual}) does not match the pinned "
+                                  "fingerprint", errno.EACCES)
 
     async def close(self) -> None:
         if self.connection is not None:

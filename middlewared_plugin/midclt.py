@@ -1,13 +1,15 @@
 """`midclt`: call the API from a shell, like TrueNAS's own (reference §1.9). Public protocol only, so it
 works against a real TrueNAS as well.
 
-    midclt [--uri URI] [-U USER -P PASS | -K KEY] [-t SECS] call [-j] METHOD [ARG ...]
+    midclt [--uri URI] [--ca-file PEM | --fingerprint SHA256] [-U USER -P PASS | -K KEY] [-t SECS]
+           call [-j] METHOD [ARG ...]
     midclt subscribe EVENT [-n N] [-t SECS]
     midclt ping
 
 Differences from TrueNAS's midclt, on purpose: a failed login exits 1 (not 0); `-K` without `-U` uses the
 legacy `auth.login_with_api_key` instead of SCRAM, and `-K` falls back to API_KEY_PLAIN on a server without
-SCRAM instead of refusing; the job progress bar also shows bytes, rate and ETA.
+SCRAM instead of refusing; the job progress bar also shows bytes, rate and ETA; `--ca-file` and `--fingerprint`
+(a certificate pin) verify a wss:// server that no system CA vouches for.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--timeout", type=float, default=None,
                         help=f"call timeout in seconds (default $CALL_TIMEOUT or {DEFAULT_CALL_TIMEOUT:g})")
     parser.add_argument("--insecure", action="store_true", help="do not verify the wss:// certificate")
+    parser.add_argument("--ca-file", help="verify the wss:// certificate against the CA certificates in this file")
+    parser.add_argument("--fingerprint", help="accept exactly the wss:// certificate with this SHA-256 fingerprint "
+                                              "(what `middlewared-plugin serve` prints), whoever signed it")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on error")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -186,7 +191,11 @@ async def run(ns: argparse.Namespace, params: list[Any], stdout: TextIO, stderr:
             print(text, file=stderr)
         return 1
 
-    client = Client(ns.uri or default_uri(), verify_ssl=not ns.insecure, call_timeout=timeout)
+    try:
+        client = Client(ns.uri or default_uri(), verify_ssl=not ns.insecure, ssl_ca_file=ns.ca_file,
+                        ssl_fingerprint=ns.fingerprint, call_timeout=timeout)
+    except ValueError as e:  # a malformed --fingerprint
+        return fail(str(e))
     try:
         await client.connect()
     except Exception as e:  # OSError, a bad URI, websockets' handshake errors, a failed set_options...

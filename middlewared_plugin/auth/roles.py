@@ -23,8 +23,9 @@ _INCLUDES: dict[str, set[str]] = {
         "SNAPSHOT_TASK_WRITE",
     },
     READONLY_ADMIN: {f"{p}_READ" for p in ROLE_PREFIXES},
-    # Destroying data is a role of its own: writing datasets does not include it.
+    # Destroying data is a role of its own: writing datasets (or snapshots) does not include it.
     "DATASET_DELETE": set(),
+    "SNAPSHOT_DELETE": set(),
 }
 for _prefix in ROLE_PREFIXES:
     _INCLUDES.setdefault(f"{_prefix}_WRITE", set()).add(f"{_prefix}_READ")

@@ -13,6 +13,8 @@ from typing import Any
 
 import scramp
 
+from middlewared_plugin.auth.ratelimit import LoginAttempt
+
 MECHANISM = "SCRAM-SHA-512"
 #: TrueNAS's iteration count; its clients refuse fewer than 50,000 or more than 5,000,000.
 ITERATIONS = 500_000
@@ -27,14 +29,15 @@ def auth_info(secret: str) -> dict[str, Any]:
             "iterations": iterations}
 
 
-def client_user(client_first: str) -> tuple[str, int] | None:
-    """(username, api key id) named by a client-first message `gs2-header n=<user>:<id>,r=<nonce>`, or None."""
+def client_user(client_first: str) -> tuple[str, str] | None:
+    """(username, api key id as written) named by a client-first message `gs2-header n=<user>:<id>,r=<nonce>`,
+    or None. The id is left to the key store to parse: it may be anything."""
     parts = client_first.split(",")
     name = next((field[2:] for field in parts[2:] if field.startswith("n=")), None)
     if name is None:
         return None
     username, _, key_id = name.replace("=2C", ",").replace("=3D", "=").rpartition(":")
-    return (username, int(key_id)) if username and key_id.isdigit() else None
+    return (username, key_id) if username and key_id else None
 
 
 @dataclass
@@ -43,9 +46,11 @@ class ScramExchange:
 
     key_id: int
     server: Any  # scramp's ScramServer
+    #: Its slot under the failed-login limits, taken at the first message and given back on success.
+    attempt: LoginAttempt
 
     @classmethod
-    def start(cls, client_first: str, key_id: int, info: dict[str, Any]) -> ScramExchange | None:
+    def start(cls, client_first: str, key_id: int, info: dict[str, Any], attempt: LoginAttempt) -> ScramExchange | None:
         """The exchange for key `key_id` (whose SCRAM data is `info`), or None for a malformed message."""
         stored = (base64.b64decode(info["salt"]), base64.b64decode(info["stored_key"]),
                   base64.b64decode(info["server_key"]), info["iterations"])
@@ -54,7 +59,7 @@ class ScramExchange:
             server.set_client_first(client_first)
         except scramp.ScramException:
             return None
-        return cls(key_id, server)
+        return cls(key_id, server, attempt)
 
     def server_first(self) -> str:
         return self.server.get_server_first()

@@ -1,6 +1,7 @@
 """A client session: who is logged in and the per-connection options. Knows nothing of WebSockets."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from middlewared_plugin.auth.credentials import Credentials
@@ -20,6 +21,8 @@ class Session:
     subscriptions: dict[str, str] = field(default_factory=dict)
     #: A SCRAM login between its two `auth.login_ex` calls.
     scram: ScramExchange | None = None
+    #: Names the session for what outlives its calls (the tokens it made).
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def authenticated(self) -> bool:

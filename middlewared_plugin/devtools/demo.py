@@ -14,7 +14,7 @@ from middlewared_plugin.app import App
 from middlewared_plugin.cli import serve
 from middlewared_plugin.devtools.zfs_fuse import create_file_pool, ensure_daemon
 from middlewared_plugin.remote.runner import LocalRunner
-from middlewared_plugin.settings import Settings
+from middlewared_plugin.settings import DEFAULT_PORT, Settings
 
 DEMO_POOLS = ("tank", "backup")
 POOL_SIZE = 1024 * 1024 * 1024
@@ -49,20 +49,29 @@ async def set_admin_password(settings: Settings) -> str:
     return password
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=Path("/var/lib/middlewared-plugin"))
-    parser.add_argument("--port", type=int, default=6000)
-    args = parser.parse_args()
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    return parser
+
+
+def demo_settings(args: argparse.Namespace) -> Settings:
     settings = Settings(data_dir=args.data_dir.absolute(), listen_port=args.port)
-    pools_dir = settings.data_dir / "pools"
+    # The demo's pools are files: export and import find them here.
+    settings.pool_import_dirs = (str(settings.data_dir / "pools"),)
+    return settings
+
+
+def main() -> None:
+    settings = demo_settings(build_parser().parse_args())
+    pools_dir = Path(settings.pool_import_dirs[0])
     pools_dir.mkdir(parents=True, exist_ok=True)
-    settings.pool_import_dirs = (str(pools_dir),)  # the demo's pools are files: export and import find them here
     asyncio.run(prepare_pools(pools_dir))
     password = asyncio.run(set_admin_password(settings))
     print(f"\nPools: {', '.join(DEMO_POOLS)} (zfs-fuse, files in {pools_dir})")
     print(f"Log in as admin with password: {password}")
-    print(f"Web page: http://{settings.listen_host}:{settings.listen_port}/")
+    print(f"Web page: {settings.page_url}")
     print(f"midclt: MIDDLEWARED_PLUGIN_DATA={settings.data_dir} .venv/bin/midclt call core.ping\n", flush=True)
     asyncio.run(serve(settings))
 

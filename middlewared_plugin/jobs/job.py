@@ -69,6 +69,8 @@ class Job:
         self.lock = lock
         self.progress: dict[str, Any] = {"percent": 0, "description": "", "extra": None}
         self.result: Any = None
+        #: The result as job records show it (stored rows, events, core.get_jobs): secrets as "********".
+        self.redacted_result: Any = None
         self.result_encoding_error: Any = None
         self.error: str | None = None
         self.exception: str | None = None
@@ -138,6 +140,7 @@ class Job:
         self.time_finished = datetime.now(UTC)
         if state is JobState.SUCCESS:
             self.result = result
+            self.redacted_result = self.manager.redact_result(self.method, self.arguments, result)
             self.progress = {**self.progress, "percent": 100}
         elif exc is not None:
             self.raised = exc
@@ -145,7 +148,8 @@ class Job:
             self.exception = formatted_trace
             self.exc_info = exc_info(exc)
 
-    def to_json(self, *, raw_result: bool = True) -> dict[str, Any]:
+    def to_json(self, *, raw_result: bool = False) -> dict[str, Any]:
+        """The job record; secrets redacted unless `raw_result` (only for `owned_by` credentials)."""
         return {
             "id": self.id,
             "message_ids": list(self.message_ids),
@@ -157,7 +161,7 @@ class Job:
             "logs_path": str(self.logs_path) if self.logs_path else None,
             "logs_excerpt": self.logs_excerpt,
             "progress": dict(self.progress),
-            "result": self.result if raw_result else self.manager.redact_result(self.method, self.result),
+            "result": self.result if raw_result else self.redacted_result,
             "result_encoding_error": self.result_encoding_error,
             "error": self.error,
             "exception": self.exception,
@@ -168,12 +172,22 @@ class Job:
             "credentials": self.credentials.to_json() if self.credentials else None,
         }
 
+    @property
+    def username(self) -> str | None:
+        """Who started the job (None: the server itself)."""
+        return self.credentials.username if self.credentials is not None else None
+
+    def owned_by(self, credentials: Credentials | None) -> bool:
+        """The job's own user or a full admin: who may see its raw result (TrueNAS's `raw_result` rule)."""
+        return credentials is not None and (
+            credentials.is_full_admin or (self.username is not None and self.username == credentials.username))
+
     def visible_to(self, credentials: Credentials | None) -> bool:
         if credentials is None:
             return False
         if credentials.is_full_admin:
             return True
-        if self.credentials is not None and self.credentials.username == credentials.username:
+        if self.username is not None and self.username == credentials.username:
             return True
         return bool(self.read_roles) and credentials.has_any_role(self.read_roles)
 

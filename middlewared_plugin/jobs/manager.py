@@ -9,6 +9,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,12 +21,16 @@ from middlewared_plugin.errors import CallError
 from middlewared_plugin.events import Event, EventBus
 from middlewared_plugin.jobs.job import Job, JobState, logs_excerpt
 from middlewared_plugin.protocol import ejson
+from middlewared_plugin.store.datadir import open_private
 from middlewared_plugin.store.db import Store
 
 logger = logging.getLogger(__name__)
 
 JobFunc = Callable[[Job], Awaitable[Any]]
-Redactor = Callable[[str, Any], Any]
+#: (method, arguments) -> arguments as job records show them.
+ArgumentsRedactor = Callable[[str, list[Any]], list[Any]]
+#: (method, arguments, result) -> result as job records show them.
+ResultRedactor = Callable[[str, list[Any], Any], Any]
 
 #: How many finished jobs `core.get_jobs` keeps (in memory and in SQLite).
 HISTORY_SIZE = 1000
@@ -45,9 +50,14 @@ class StoredJob:
         self.username: str | None = (doc.get("credentials") or {}).get("data", {}).get("username")
         self.read_roles: tuple[str, ...] = tuple(doc.get("read_roles", ()))
 
-    def to_json(self, *, raw_result: bool = True) -> dict[str, Any]:
+    def to_json(self, *, raw_result: bool = False) -> dict[str, Any]:
+        """The stored record; it never held a raw result, so `raw_result` cannot bring one back."""
         doc = {k: v for k, v in self.doc.items() if k != "read_roles"}
         return ejson.loads(json.dumps(doc))
+
+    def owned_by(self, credentials: Credentials | None) -> bool:
+        return credentials is not None and (
+            credentials.is_full_admin or (self.username is not None and self.username == credentials.username))
 
     def visible_to(self, credentials: Credentials | None) -> bool:
         if credentials is None:
@@ -67,8 +77,9 @@ class JobManager:
         self._lock_queues: dict[str, list[Job]] = {}
         self._lock_mutexes: dict[str, asyncio.Lock] = {}
         self._log_writes: dict[int, asyncio.Task[None]] = {}
-        self.redact_arguments: Redactor = lambda method, args: args
-        self.redact_result: Redactor = lambda method, result: result
+        #: Set by the app, which knows each method's secrets.
+        self.redact_arguments: ArgumentsRedactor = lambda method, args: args
+        self.redact_result: ResultRedactor = lambda method, args, result: result
 
     async def load_history(self) -> None:
         """Load stored jobs; fail those an earlier process left unfinished."""
@@ -83,6 +94,13 @@ class JobManager:
                 await self.store.upsert("jobs", doc["id"], doc)
             self.jobs[doc["id"]] = StoredJob(doc)
             self._next_id = max(self._next_id, doc["id"] + 1)
+        # Ids of history rows deleted since (trimmed, or the newest ones) stay used: clients may still hold them.
+        self._next_id = max(self._next_id, await self.store.last_id("jobs") + 1)
+
+    @property
+    def last_id(self) -> int:
+        """The highest job id handed out so far (0 before the first): job ids only grow, never reused."""
+        return self._next_id - 1
 
     # Submission --------------------------------------------------------------------------------------
 
@@ -211,9 +229,13 @@ class JobManager:
     def _emit(self, job: Job, kind: str) -> None:
         if job.transient:
             return
+        raw = job.result
         self.bus.publish(Event(
-            "core.get_jobs", kind, job.id, job.to_json(raw_result=False),  # type: ignore[arg-type]
+            "core.get_jobs", kind, job.id, job.to_json(),  # type: ignore[arg-type]
             audience=job.visible_to,
+            # Clients (ours, truenas_api_client) take a job's result from its final event: its owner gets it raw,
+            # as in the call's own answer; everyone else (read roles) sees the record's redacted result.
+            redact=lambda creds, fields: {**fields, "result": raw} if job.owned_by(creds) else fields,
         ))
 
     def append_log(self, job: Job, text: str) -> None:
@@ -245,8 +267,9 @@ class JobManager:
     def _persist(self, job: Job) -> None:
         if job.transient:
             return
-        # Stored as sent on the wire (datetimes as {"$date": ms}), so StoredJob reads back what was sent.
-        doc = json.loads(ejson.dumps({**job.to_json(raw_result=True), "read_roles": list(job.read_roles)}))
+        # Stored as sent on the wire (datetimes as {"$date": ms}), so StoredJob reads back what was sent; never
+        # with a raw result: secrets stay out of the database.
+        doc = json.loads(ejson.dumps({**job.to_json(), "read_roles": list(job.read_roles)}))
 
         async def _write() -> None:
             await self.store.upsert("jobs", job.id, doc)
@@ -272,7 +295,7 @@ class JobManager:
 
 
 def _append_text(path: Path, text: str) -> None:
-    with path.open("a") as f:
+    with open(open_private(path, os.O_WRONLY | os.O_APPEND), "a") as f:
         f.write(text)
 
 

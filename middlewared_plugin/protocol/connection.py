@@ -6,11 +6,15 @@ event fan-out from the one bus. Subclasses only parse and shape messages.
 
 Outgoing messages (responses and events) go through one queue in the order they are produced, so a job's
 ADDED event always reaches the client before the held-back response of the call that started it.
+
+What a client sends decides how often we log about it (bad messages, methods that fail unexpectedly), so
+those lines go through a `LogBudget`: no client, nor all of them together, can flood the log.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from middlewared_plugin.auth.session import Session
+from middlewared_plugin.errors import CallError
 from middlewared_plugin.events import Event
 from middlewared_plugin.jobs.job import Job
 from middlewared_plugin.protocol import ejson, rpc
@@ -35,6 +40,38 @@ MAX_EXECUTING_CALLS = 10
 MAX_INFLIGHT_CALLS = 20
 #: A client that lets this many outgoing messages pile up is too slow to keep; it is disconnected.
 MAX_OUTGOING_BACKLOG = 20000
+
+
+class LogBudget:
+    """At most `lines` log lines every `window` seconds; the others are counted and the count is logged first
+    thing once lines are let through again."""
+
+    def __init__(self, lines: int = 20, window: float = 60.0):
+        self.lines = lines
+        self.window = window
+        self._window_start = -window
+        self._used = 0
+        self._dropped = 0
+
+    def log(self, level: int, message: str, *args: Any, exc_info: BaseException | None = None) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.window:
+            self._window_start, self._used = now, 0
+        if self._used >= self.lines:
+            self._dropped += 1
+            return
+        self._used += 1
+        if self._dropped:
+            logger.warning("%d more such messages were not logged (at most %d every %g s)",
+                           self._dropped, self.lines, self.window)
+            self._dropped = 0
+        logger.log(level, message, *args, exc_info=exc_info)
+
+
+#: Messages that are not requests (not JSON, not an object, binary, too long): one line each.
+bad_messages = LogBudget()
+#: Methods that raised something other than a CallError (a bug, or a case nobody planned for): with traceback.
+failures = LogBudget()
 
 
 class BaseConnection(ABC):
@@ -55,16 +92,28 @@ class BaseConnection(ABC):
         try:
             async for message in self.ws:
                 if isinstance(message, bytes):
+                    self._bad_message("a binary frame")
                     await self.ws.close(1003, "Binary messages are not supported")
                     break
                 limit = AUTHENTICATED_MAX_MESSAGE if self.session.authenticated else ANONYMOUS_MAX_MESSAGE
                 if len(message.encode()) > limit:
+                    self._bad_message(f"more than {limit} bytes")
                     if self.session.authenticated:
                         await self.ws.close(1009, "Max message length is 64 kB")
                     else:
                         await self.ws.close(1007, "Anonymous connection max message length is 8 kB")
                     break
-                await self._receive(message)
+                try:
+                    await self._receive(message)
+                except ConnectionClosed:
+                    raise
+                except Exception as exc:
+                    # A bug in handling one message ends this connection only, with one budgeted log entry
+                    # (left to the websockets library, every such message would log a full traceback).
+                    failures.log(logging.ERROR, "Error handling a message from %s", self.session.address,
+                                 exc_info=exc)
+                    await self.ws.close(1011, "Internal error")
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -77,6 +126,14 @@ class BaseConnection(ABC):
     @abstractmethod
     async def _receive(self, text: str) -> None:
         """Handle one text frame that passed the size limits."""
+
+    def _bad_message(self, reason: str) -> None:
+        # The reason only: the message itself may carry a password.
+        bad_messages.log(logging.WARNING, "Bad message from %s: %s", self.session.address, reason)
+
+    def _log_failure(self, method: str, exc: BaseException) -> None:
+        if not isinstance(exc, CallError):
+            failures.log(logging.WARNING, "Exception while calling %s", method, exc_info=exc)
 
     def _start_call(self, call: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run `call()` as a task of this connection; False (nothing started) when too many are in flight."""
@@ -97,7 +154,8 @@ class BaseConnection(ABC):
     def _send(self, message: dict[str, Any]) -> None:
         try:
             text = ejson.dumps(message)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
+            # RecursionError: the legacy protocol echoes a bad message, which may nest as deep as JSON parses.
             text = ejson.dumps(self._unserializable(message))
         if self._outgoing.qsize() > MAX_OUTGOING_BACKLOG:
             logger.warning("Closing a client that does not read its messages")
@@ -144,18 +202,21 @@ class Connection(BaseConnection):
 
     async def _receive(self, text: str) -> None:
         try:
-            message = ejson.loads(text)
+            # Plain JSON: extended-JSON values are decoded with the arguments, where a bad one is an invalid
+            # argument of this request, answered with its id.
+            message = ejson.parse(text)
         except ValueError as exc:
+            self._bad_message(f"not JSON ({exc})")
             self._send(rpc.error_response(None, rpc.PARSE_ERROR, str(exc)))
             return
         try:
             rpc.validate_request(message)
         except rpc.InvalidRequest as exc:
-            if isinstance(message, list):
-                # A batch has no id of its own; answered so the sender does not wait forever.
-                self._send(rpc.error_response(None, rpc.INVALID_REQUEST, str(exc)))
-            elif isinstance(message, dict) and "id" in message:
-                id_ = message["id"] if isinstance(message["id"], int | str) or message["id"] is None else None
+            self._bad_message(str(exc))
+            # An object without an id is a notification: never answered. Anything else is, with its id when it
+            # has a valid one (a batch or a non-object has none; answered so the sender does not wait forever).
+            if not isinstance(message, dict) or "id" in message:
+                id_ = message["id"] if isinstance(message, dict) and rpc.valid_id(message["id"]) else None
                 self._send(rpc.error_response(id_, rpc.INVALID_REQUEST, str(exc)))
             return
         id_ = message.get("id", NOID)
@@ -171,19 +232,24 @@ class Connection(BaseConnection):
                 self._send(rpc.error_response(id_, rpc.METHOD_NOT_FOUND, "Method does not exist"))
             return
         async with self._executing:
-            response = await rpc.invoke(method, params, id_, lambda: self._run(method, params, id_))
+            response = await rpc.invoke(method, params, id_, lambda: self._run(method, params, id_),
+                                        with_trace=lambda: self.session.authenticated)
         if response is not None:
             self._send(response)
 
     async def _run(self, method: str, params: list[Any], id_: Any) -> Any:
-        outcome = await self.app.dispatch(
-            method, params, session=self.session, message_id=None if id_ is NOID else id_,
-        )
-        if not isinstance(outcome, Job):
-            return outcome
-        if self.session.options["legacy_jobs"]:
-            return outcome.id
-        return await self.app.job_result(outcome)
+        try:
+            outcome = await self.app.dispatch(
+                method, params, session=self.session, message_id=None if id_ is NOID else id_,
+            )
+            if not isinstance(outcome, Job):
+                return outcome
+            if self.session.options["legacy_jobs"]:
+                return outcome.id
+            return await self.app.job_result(outcome)
+        except Exception as exc:
+            self._log_failure(method, exc)
+            raise
 
     def _unserializable(self, message: dict[str, Any]) -> dict[str, Any]:
         return rpc.error_response(message.get("id"), rpc.SERIALIZE_ERROR, "Failed to JSON serialize server message")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from middlewared_plugin.errors import ValidationErrors, errname
@@ -27,13 +28,28 @@ from middlewared_plugin.protocol.connection import MAX_INFLIGHT_CALLS, BaseConne
 PROTOCOL_VERSION = "1"
 
 
-def error_object(exc: BaseException) -> dict[str, Any]:
+def _really_run_as_option(params: list[Any]) -> list[Any]:
+    """v24.10 `replication.run(id, really_run)` -> `replication.run(id, {"really_run": really_run})`."""
+    if len(params) >= 2 and isinstance(params[1], bool):
+        return [params[0], {"really_run": params[1]}, *params[2:]]
+    return params
+
+
+#: Methods whose v24.10 parameters differ from ours, and how to bring them to the current shape. TrueNAS serves
+#: `/websocket` to clients of that release and converts their calls from the v24.10 models; calls to any other
+#: method (and calls already in the current shape) pass through unchanged, as there.
+V24_10_PARAMS: dict[str, Callable[[list[Any]], list[Any]]] = {
+    "replication.run": _really_run_as_option,
+}
+
+
+def error_object(exc: BaseException, *, with_trace: bool) -> dict[str, Any]:
     """The legacy `error` member for an exception raised by a method.
 
     The same data as JSON-RPC's `error.data`, plus `type`: "VALIDATION" for validation errors, where a
     collection of them (ValidationErrors) carries EAGAIN as TrueNAS's legacy protocol did.
     """
-    code, _, data = rpc.error_data(exc)
+    code, _, data = rpc.error_data(exc, with_trace=with_trace)
     error = {**data, "type": None}
     if code == rpc.INVALID_PARAMS:
         error["type"] = "VALIDATION"
@@ -63,11 +79,14 @@ class LegacyConnection(BaseConnection):
 
     async def _receive(self, text: str) -> None:
         try:
-            message = ejson.loads(text)
+            # Extended-JSON values are decoded with a call's arguments (see Connection._receive).
+            message = ejson.parse(text)
         except ValueError as exc:
+            self._bad_message(f"not JSON ({exc})")
             self._send({"msg": "error", "reason": f"Invalid JSON: {exc}"})
             return
         if not isinstance(message, dict):
+            self._bad_message("not an object")
             self._send({"msg": "error", "reason": "Bad request", "offendingMessage": message})
             return
         kind = message.get("msg")
@@ -86,6 +105,7 @@ class LegacyConnection(BaseConnection):
         elif kind == "unsub" and _has_id(message):
             await self._unsubscribe(message["id"])
         else:
+            self._bad_message("an unknown or malformed msg")
             self._send({"msg": "error", "reason": "Bad request", "offendingMessage": message})
 
     def _connect(self, message: dict[str, Any]) -> None:
@@ -106,9 +126,13 @@ class LegacyConnection(BaseConnection):
     async def _call(self, id_: Any, method: str, params: list[Any]) -> None:
         async with self._executing:
             try:
-                outcome = await self.app.dispatch(method, params, session=self.session, message_id=id_)
+                adapt = V24_10_PARAMS.get(method)
+                outcome = await self.app.dispatch(method, adapt(params) if adapt else params,
+                                                  session=self.session, message_id=id_)
             except Exception as exc:
-                self._send({"msg": "result", "id": id_, "error": error_object(exc)})
+                self._log_failure(method, exc)
+                self._send({"msg": "result", "id": id_, "error": error_object(
+                    exc, with_trace=self.session.authenticated)})
                 return
         # Legacy clients follow jobs through `core.get_jobs` events, whatever `legacy_jobs` says.
         result = outcome.id if isinstance(outcome, Job) else outcome
@@ -122,7 +146,9 @@ class LegacyConnection(BaseConnection):
         try:
             self._subs[id_] = await self.app.dispatch("core.subscribe", [name], session=self.session)
         except Exception as exc:
-            self._send({"msg": "nosub", "id": id_, "collection": name, "error": error_object(exc)})
+            self._log_failure("core.subscribe", exc)
+            self._send({"msg": "nosub", "id": id_, "collection": name, "error": error_object(
+                exc, with_trace=self.session.authenticated)})
             return
         self._send({"msg": "ready", "subs": [id_]})
 

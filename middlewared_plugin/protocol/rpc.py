@@ -35,17 +35,20 @@ class InvalidRequest(Exception):
     pass
 
 
+def valid_id(id: Any) -> bool:
+    """A request id we answer with: null, an integer (not a boolean) or a string."""
+    return id is None or (isinstance(id, int | str) and not isinstance(id, bool))
+
+
 def validate_request(message: Any) -> dict[str, Any]:
     """Check a decoded message in TrueNAS's order; raise InvalidRequest with the reason."""
     if isinstance(message, list):
         raise InvalidRequest("Batch messages are not supported at this time")
     if not isinstance(message, dict):
-        raise InvalidRequest("Invalid Request")
+        raise InvalidRequest("Invalid Request: a request must be an object")
     if message.get("jsonrpc") != "2.0":
         raise InvalidRequest("Invalid Request: jsonrpc must be '2.0'")
-    if "id" in message and message["id"] is not None and (
-        isinstance(message["id"], bool) or not isinstance(message["id"], int | str)
-    ):
+    if "id" in message and not valid_id(message["id"]):
         raise InvalidRequest("Invalid Request: id must be null, an integer or a string")
     if not isinstance(message.get("method"), str) or not message["method"]:
         raise InvalidRequest("Invalid Request: method must be a non-empty string")
@@ -54,13 +57,17 @@ def validate_request(message: Any) -> dict[str, Any]:
     return message
 
 
-def error_data(exc: BaseException) -> tuple[int, str, dict[str, Any]]:
-    """(code, message, data) for an exception raised by a method."""
+def error_data(exc: BaseException, *, with_trace: bool) -> tuple[int, str, dict[str, Any]]:
+    """(code, message, data) for an exception raised by a method.
+
+    `trace` is TrueNAS's traceback object when `with_trace` (the caller is logged in), else null: who has
+    not logged in learns nothing of the server's code.
+    """
     trace = {
         "class": type(exc).__name__,
         "formatted": "".join(traceback.format_exception(exc)),
         "repr": repr(exc),
-    }
+    } if with_trace else None
     if isinstance(exc, ValidationErrors | ValidationError):
         return INVALID_PARAMS, "Invalid params", {
             "error": errno.EINVAL if isinstance(exc, ValidationErrors) else exc.errno,
@@ -87,15 +94,18 @@ def error_response(id: Any, code: int, message: str, data: Any = None) -> dict[s
 
 
 async def invoke(
-    method: str, params: list[Any], id: Any, call: Callable[[], Awaitable[Any]]
+    method: str, params: list[Any], id: Any, call: Callable[[], Awaitable[Any]], *, with_trace: Callable[[], bool],
 ) -> dict[str, Any] | None:
-    """Run `call` through jsonrpcserver; the serialisable response, or None for a notification (id NOID)."""
+    """Run `call` through jsonrpcserver; the serialisable response, or None for a notification (id NOID).
+
+    `with_trace()` is asked when the call has failed (a login or logout may have happened in between).
+    """
 
     async def handler(*_params: Any) -> Any:
         try:
             return Success(await call())
         except Exception as exc:
-            code, message, data = error_data(exc)
+            code, message, data = error_data(exc, with_trace=with_trace())
             raise JsonRpcError(code, message, data) from exc
 
     request = Request(method, params, id)

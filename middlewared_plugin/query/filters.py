@@ -9,17 +9,22 @@ Semantics worth knowing (TrueNAS's own where it defines them):
   A missing key never matches; a filter never raises on data.
 * Comparisons between values that cannot be compared (None > 1, "a" < 2) are false, like SQL NULL.
 * Each operator may carry a `C` prefix (`C=`, `C^`, ...) for a case-insensitive comparison of strings.
+* `~` (`re.match`: anchored at the start) runs on RE2, whose matching time is linear in the text: no pattern
+  can stall the server (Python's `re` backtracks exponentially on `(a+)+$`). RE2 has no backreferences or
+  lookaround; such a pattern is a validation error.
 * `order_by` follows SQL: the first key is the primary one. A plain key puts nulls first ascending and last
   descending (SQLite's order); `nulls_first:`/`nulls_last:` choose explicitly (`nulls_last:-name` is allowed).
 """
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
@@ -60,9 +65,22 @@ def _op_rnin(x: Any, y: Any) -> bool:
     return x is not None and y not in x
 
 
-def _op_re(x: Any, y: str) -> bool:
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str, ignore_case: bool = False) -> Any:
+    """A compiled RE2 pattern; raises ValueError with RE2's reason when it does not compile."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every rejected pattern to stderr
+    options.case_sensitive = not ignore_case
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise ValueError(reason) from None
+
+
+def _op_re(x: Any, y: str, ignore_case: bool = False) -> bool:
     # Nullable string fields match as the empty string (TrueNAS does the same).
-    return re.match(y, "" if x is None else x) is not None
+    return _regex(y, ignore_case).match("" if x is None else x) is not None
 
 
 def _string_op(test: Callable[[str, str], bool]) -> Callable[[Any, str], bool]:
@@ -164,7 +182,7 @@ def _match_one(source: Any, op: str, value: Any) -> bool:
         return False
     if op == "C~":
         # Folding the pattern would corrupt escapes such as \S, so the regex engine ignores case instead.
-        return isinstance(source, str | None) and re.match(value, source or "", re.IGNORECASE) is not None
+        return isinstance(source, str | None) and _op_re(source, value, ignore_case=True)
     if op.startswith(CASE_INSENSITIVE):
         op, source, value = op[1:], _casefold(source), _casefold(value)
     try:
@@ -224,8 +242,8 @@ def _check_filter(f: Any, attr: str, depth: int, errors: ValidationErrors) -> No
         errors.add(f"{attr}.2", f"Operator {op!r} needs a string value")
     elif base_op == "~":
         try:
-            re.compile(value)
-        except re.error as e:
+            _regex(value, op != base_op)
+        except ValueError as e:
             errors.add(f"{attr}.2", f"Invalid regular expression: {e}")
     elif base_op in _CONTAINER_VALUE_OPS and not isinstance(value, list | tuple | str):
         errors.add(f"{attr}.2", f"Operator {op!r} needs a list value")

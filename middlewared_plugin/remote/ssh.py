@@ -27,6 +27,7 @@ import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
 from middlewared_plugin.errors import CallError
+from middlewared_plugin.remote.names import check_host, check_username
 from middlewared_plugin.remote.runner import CommandFailed, CommandResult, Process, Runner
 from middlewared_plugin.remote.ssh_keys import parse_host_keys
 
@@ -52,6 +53,13 @@ class SshParams:
     remote_host_key: str = field(default="", repr=False)
     connect_timeout: float = 10
     sudo: bool = False
+
+    def __post_init__(self) -> None:
+        # Credentials saved before hosts and users were validated must not reach `ssh`'s command line either.
+        check_host(self.host)
+        check_username(self.username)
+        if not 1 <= self.port <= 65535:
+            raise CallError(f"Invalid SSH port {self.port}: a port is 1 to 65535", errno.EINVAL)
 
     @classmethod
     def from_credentials(cls, attributes: Mapping[str, Any], *, sudo: bool | None = None) -> SshParams:
@@ -93,15 +101,20 @@ def remote_command(argv: Sequence[str], *, sudo: bool = False) -> str:
     return f"echo {PID_MARKER}$$ >&2; export LC_ALL=C; exec " + " ".join(words)
 
 
-def host_key_mismatch(host: str, port: int) -> CallError:
-    return CallError(
+class SshUnreachable(CallError):
+    """Nothing could run on the SSH host: no connection, a host key mismatch or a refused key. `errno` says which;
+    the replication API reports each of them with EACCES, as TrueNAS does."""
+
+
+def host_key_mismatch(host: str, port: int) -> SshUnreachable:
+    return SshUnreachable(
         f"Host key verification failed for {host}:{port}: the host key does not match the stored one "
         "(remote_host_key). If the remote system was reinstalled, scan its host key again.",
         errno.EPERM,
     )
 
 
-def _connect_error(params: SshParams, exc: BaseException) -> CallError:
+def _connect_error(params: SshParams, exc: BaseException) -> SshUnreachable:
     """Translate what asyncssh/the socket layer raised while connecting into a CallError with an errno."""
     where = f"{params.host}:{params.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
@@ -110,21 +123,22 @@ def _connect_error(params: SshParams, exc: BaseException) -> CallError:
         # The server offers none of the stored key types: it cannot present the pinned key either.
         return host_key_mismatch(params.host, params.port)
     if isinstance(exc, asyncssh.PermissionDenied):
-        return CallError(f"SSH authentication failed for {params.label}: the server did not accept the key",
-                         errno.EACCES)
+        return SshUnreachable(f"SSH authentication failed for {params.label}: the server did not accept the key",
+                              errno.EACCES)
     if isinstance(exc, TimeoutError):
-        return CallError(f"SSH connection to {where} timed out after {params.connect_timeout:g}s", errno.ETIMEDOUT)
+        return SshUnreachable(f"SSH connection to {where} timed out after {params.connect_timeout:g}s",
+                              errno.ETIMEDOUT)
     if isinstance(exc, ConnectionRefusedError):
-        return CallError(f"SSH connection to {where} refused", errno.ECONNREFUSED)
+        return SshUnreachable(f"SSH connection to {where} refused", errno.ECONNREFUSED)
     if isinstance(exc, socket.gaierror):
-        return CallError(f"SSH host {params.host!r} could not be resolved: {exc.strerror}", errno.EHOSTUNREACH)
+        return SshUnreachable(f"SSH host {params.host!r} could not be resolved: {exc.strerror}", errno.EHOSTUNREACH)
     if isinstance(exc, OSError):
-        return CallError(f"SSH connection to {where} failed: {exc.strerror or exc}", exc.errno or errno.EFAULT)
+        return SshUnreachable(f"SSH connection to {where} failed: {exc.strerror or exc}", exc.errno or errno.EFAULT)
     if isinstance(exc, UnicodeError):
-        return CallError(f"SSH host {params.host!r} is not a valid host name", errno.EINVAL)
+        return SshUnreachable(f"SSH host {params.host!r} is not a valid host name", errno.EINVAL)
     if isinstance(exc, asyncssh.Error):
-        return CallError(f"SSH connection to {where} failed: {exc.reason}", errno.ECONNRESET)
-    return CallError(f"SSH connection to {where} failed: {exc}", errno.EFAULT)
+        return SshUnreachable(f"SSH connection to {where} failed: {exc.reason}", errno.ECONNRESET)
+    return SshUnreachable(f"SSH connection to {where} failed: {exc}", errno.EFAULT)
 
 
 def _lost(label: str, argv: Sequence[str], exc: BaseException | None = None) -> CallError:
@@ -547,8 +561,10 @@ _SCAN_ALGORITHMS = (
 async def scan_host_keys(host: str, port: int = 22, timeout: float = 10) -> str:
     """Every host key the server offers, one `"<type> <base64>"` per line (what `remote_ssh_host_key_scan` returns).
 
-    Raises CallError ETIMEDOUT ("SSH timeout") or ECONNREFUSED/other errnos ("ssh-keyscan failed: ...").
+    Raises CallError ETIMEDOUT ("SSH timeout") or ECONNREFUSED/other errnos ("ssh-keyscan failed: ..."), EINVAL
+    for a host that is no host name or IP literal.
     """
+    check_host(host)
     others = [a.decode() for a in get_default_public_key_algs()]
 
     async def one(alg: str) -> asyncssh.SSHKey | None:

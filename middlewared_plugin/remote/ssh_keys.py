@@ -104,6 +104,28 @@ def is_valid_public_key(public_key: str) -> bool:
     return bool(parse_host_keys(public_key))
 
 
+def authorized_key_line(public_key: str) -> str:
+    """The `authorized_keys` line for exactly one OpenSSH public key, `"<type> <base64>"`; raises SshKeyError.
+
+    What pairing may add to an account's authorized keys: one line (a line break would add lines of the
+    caller's choosing), no options prefix (`command=...`, `from=...`) and a key type asyncssh knows whose name
+    matches the key blob. A trailing comment is accepted and dropped.
+    """
+    text = public_key.strip()
+    if any(c in text for c in "\r\n\0"):
+        raise SshKeyError(KeyProblem.INVALID_PUBLIC_KEY, "Invalid public key: it must be a single line")
+    fields = text.split()
+    if len(fields) < 2:
+        raise SshKeyError(KeyProblem.INVALID_PUBLIC_KEY)
+    try:
+        key = asyncssh.import_public_key(" ".join(fields[:2]))
+    except asyncssh.KeyImportError:
+        raise SshKeyError(KeyProblem.INVALID_PUBLIC_KEY) from None
+    if key.get_algorithm() != fields[0]:
+        raise SshKeyError(KeyProblem.INVALID_PUBLIC_KEY)
+    return _public_line(key)
+
+
 def same_public_key(a: str, b: str) -> bool:
     """Compare two public keys by their first two fields (type and blob), ignoring comments."""
     return a.split()[:2] == b.split()[:2]

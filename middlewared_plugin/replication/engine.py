@@ -55,7 +55,7 @@ from middlewared_plugin.snapshots.naming import (
     compile_name_regex,
     parse_snapshot_names,
 )
-from middlewared_plugin.zfs import Dataset, Snapshot, Zfs, resume_send_argv
+from middlewared_plugin.zfs import Dataset, Feature, Snapshot, Zfs, resume_send_argv
 
 _TOKEN_GUID = re.compile(r"^\s*(toguid|fromguid)\s*=\s*(0x[0-9a-fA-F]+|\d+)\s*$", re.MULTILINE)
 
@@ -189,10 +189,12 @@ async def list_side(zfs: Zfs, roots: Sequence[str], *, recursive: bool,
 
 
 async def list_target(zfs: Zfs, target: str) -> Listing:
-    """The target tree; when it does not exist, its nearest existing ancestors instead."""
+    """The target tree; when it does not exist, its nearest existing ancestors instead (none: no pool).
+    It also tells whether the target host has native encryption."""
+    encryption = (await zfs.features()).has(Feature.ENCRYPTION)
     listing = await list_side(zfs, [target], recursive=True)
     if target in listing:
-        return listing
+        return Listing(listing.datasets, native_encryption=encryption)
     ancestors: list[DatasetInfo] = []
     parts = target.split("/")
     for i in range(len(parts) - 1, 0, -1):
@@ -200,7 +202,7 @@ async def list_target(zfs: Zfs, target: str) -> Listing:
         ancestors += found.datasets.values()
         if found.datasets:
             break
-    return Listing.of(ancestors)
+    return Listing.of(ancestors, native_encryption=encryption)
 
 
 # --- plan and run ----------------------------------------------------------------------------------

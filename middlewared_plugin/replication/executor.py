@@ -12,8 +12,14 @@ exponential backoff; before each retry `replan()` lists both sides afresh, so an
 resumed (or its stale token discarded) or the step is simply sent again. Cancelling `execute` kills the
 pipeline; ZFS discards a partial non-resumable receive, so the next run plans from a consistent target.
 
-`log(line)` receives every command run (argv joined with `shlex.join`) and every snapshot sent or
-destroyed. Key material travels on stdin only, so it never appears in a logged command.
+`log(line)` receives every command run (argv joined with `shlex.join`), every snapshot sent or
+destroyed and every rollback with what it discarded. Key material travels on stdin only, so it never
+appears in a logged command.
+
+Nothing on the target is discarded unless the plan names it: receives are never forced (-F) into an
+incremental, rollbacks are explicit steps. A send whose plan carries `if_modified` (zfs-fuse, which cannot
+report `written`) runs that rollback only when the receive is refused because the target changed, then
+sends again; without it, such a refusal is reported and the target kept as it is.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from middlewared_plugin.errors import CallError
-from middlewared_plugin.remote.runner import LoggingRunner
+from middlewared_plugin.remote.runner import CommandFailed, LoggingRunner
 from middlewared_plugin.replication.plan import (
     ByteEstimate,
     CreateParents,
@@ -38,16 +44,27 @@ from middlewared_plugin.replication.plan import (
     EncryptionMode,
     FullSend,
     IncrementalSend,
+    Mount,
     Plan,
     ReceiveOptions,
     Resume,
     Rollback,
+    RollbackReason,
     SendStep,
     SetReadonly,
     Step,
 )
 from middlewared_plugin.replication.transports.base import PipeFailed, Transport
-from middlewared_plugin.zfs import Feature, Features, Zfs, recv_abort_argv, recv_argv, resume_send_argv, send_argv
+from middlewared_plugin.zfs import (
+    Feature,
+    Features,
+    Zfs,
+    is_modified_refusal,
+    recv_abort_argv,
+    recv_argv,
+    resume_send_argv,
+    send_argv,
+)
 
 #: Where the key of a new encryption root is written on the target while it is received ("$TrueNAS").
 TRUENAS_KEY_LOCATION = "$TrueNAS"
@@ -99,6 +116,8 @@ class ExecuteResult:
     bytes_sent: int = 0
     #: "dataset@snapshot" for every snapshot destroyed (retention, rollback, from scratch).
     destroyed: list[str] = field(default_factory=list)
+    #: "dataset@snapshot" for every rollback that discarded changes made on the target (not our own mounts').
+    rolled_back: list[str] = field(default_factory=list)
     #: Target dataset -> why it was not (fully) replicated: conflicts and failures.
     errors: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -173,6 +192,13 @@ class _Meter:
         self.samples.append((now, self.bytes_sent))
         while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
             self.samples.popleft()
+        self.report()
+
+    def resend(self) -> None:
+        """The current transfer was refused and starts over: what crossed the pipe was discarded."""
+        assert self.current is not None
+        self.wasted += self.current.sent
+        self.current.sent = 0
         self.report()
 
     def finish(self, snapshots: int) -> None:
@@ -311,16 +337,53 @@ class Executor:
         elif isinstance(step, DestroySnapshots):
             await self.destroy(step)
         elif isinstance(step, Rollback):
-            await self.target.rollback(f"{step.dataset}@{step.snapshot}", destroy_newer=bool(step.destroys))
-            for name in step.destroys:
-                self.result.destroyed.append(f"{step.dataset}@{name}")
-                self.log(f"Destroyed {step.dataset}@{name} (rollback to {step.snapshot})")
+            await self.rollback(step)
         elif isinstance(step, Resume | FullSend | IncrementalSend):
             await self.send(step, weights[id(step)])
         elif isinstance(step, SetReadonly):
             await self.target.set_properties(step.dataset, {"readonly": "on"})
+        elif isinstance(step, Mount):
+            await self.mount(step)
         else:
             raise CallError(f"Unknown plan step {step!r}")
+
+    async def rollback(self, step: Rollback, mounted: Sequence[str] = ()) -> None:
+        await self.target.rollback(f"{step.dataset}@{step.snapshot}", destroy_newer=bool(step.destroys))
+        if step.reason is RollbackReason.MOUNT:
+            self.log(f"Rolled back {step.dataset} to {step.snapshot}: undoes what mounting {', '.join(mounted)} "
+                     f"changed in it (the access time of the mountpoint directory), no data")
+            return
+        amount = (f"{step.written} bytes written" if step.written is not None
+                  else "amount unknown: this ZFS does not report 'written'")
+        self.result.rolled_back.append(f"{step.dataset}@{step.snapshot}")
+        self.log(f"Rolled back {step.dataset} to {step.snapshot}, discarding the changes made on the target "
+                 f"since that snapshot ({amount})")
+        for name in step.destroys:
+            self.result.destroyed.append(f"{step.dataset}@{name}")
+            self.log(f"Destroyed {step.dataset}@{name} (rollback to {step.snapshot})")
+
+    async def mount(self, step: Mount) -> None:
+        """Mount read-only what can be mounted and is not; a mount that fails is a warning (the data did
+        arrive). Read-only for zfs-fuse too, whose `readonly` property alone shows as "off" once mounted."""
+        names = [step.dataset]
+        if step.recursive:
+            names += [d.name for d in await self.target.list_datasets(step.dataset)
+                      if d.type == "filesystem" and d.name != step.dataset]
+        mounted: list[str] = []
+        for name in names:  # parents before children: list_datasets sorts by name
+            props = await self.target.get_properties(name, ["mountpoint", "canmount", "mounted"])
+            if (props["mounted"] == "yes" or props["mountpoint"] in (None, "none", "legacy")
+                    or props["canmount"] in ("off", "noauto")):
+                continue
+            try:
+                if await self.target.mount(name, readonly=True):
+                    mounted.append(name)
+            except CommandFailed as e:
+                self.result.warnings.append(f"Could not mount {name}: {e.stderr.strip()}")
+                self.log(f"Could not mount {name}: {e.stderr.strip()}")
+        if mounted:
+            for revert in step.reverts:
+                await self.rollback(revert, mounted)
 
     async def destroy(self, step: DestroySnapshots) -> None:
         result = await self.target.destroy_snapshots(f"{step.dataset}@{s}" for s in step.snapshots)
@@ -370,7 +433,7 @@ class Executor:
         no_mount = not receive.mount
         if self.excluded_after_receive(receive, features):
             # Without `recv -x` the properties arrive and are inherited right after; receiving unmounted
-            # keeps a source mountpoint from ever taking effect here.
+            # keeps a source mountpoint from ever taking effect here (the plan's `Mount` step comes later).
             excludes = [e for e in excludes if e not in receive.exclude_properties]
             no_mount = True
         if excludes:
@@ -397,10 +460,6 @@ class Executor:
         for prop in excluded:
             await self.target.inherit_property(step.target, prop, recursive=recursive)
             self.log(f"Excluded property {prop} on {step.target} (inherited after receive)")
-        if step.receive.mount:
-            props = await self.target.get_properties(step.target, ["mountpoint", "canmount"])
-            if props.get("mountpoint") not in ("legacy", "none", None) and props.get("canmount") != "off":
-                await self.target.mount(step.target)
 
     async def send(self, step: SendStep, weight: _StepWeight) -> None:
         source_features = await self.source.features()
@@ -413,8 +472,22 @@ class Executor:
             recv = await self.recv_argv(step.target, step.receive, target_features, key_file)
             self.meter.start(weight, step.source, step.snapshot)
             self.log(self.transport.describe(send, recv))
-            result = await self.transport.pipe(send, recv, on_bytes=self.meter.add,
-                                               stall_timeout=self.options.stall_timeout)
+            try:
+                result = await self.transport.pipe(send, recv, on_bytes=self.meter.add,
+                                                   stall_timeout=self.options.stall_timeout)
+            except PipeFailed as e:
+                if not (isinstance(step, IncrementalSend) and e.stage == "receive"
+                        and is_modified_refusal(e.errmsg)):
+                    raise
+                if step.if_modified is None:
+                    raise CallError(f"Target {step.target} was modified since its snapshot {step.base} and is "
+                                    f"kept as it is: enable 'allow from scratch' to let the task discard the "
+                                    f"changes, or roll it back yourself ({e.errmsg})", errno.EBUSY) from e
+                await self.rollback(step.if_modified)
+                self.meter.resend()
+                self.log(self.transport.describe(send, recv))
+                result = await self.transport.pipe(send, recv, on_bytes=self.meter.add,
+                                                   stall_timeout=self.options.stall_timeout)
             if key_file is not None:
                 await self.settle_key_location(step)
         await self.apply_exclusions(step, target_features)

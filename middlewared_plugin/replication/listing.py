@@ -72,10 +72,12 @@ class Listing:
     """Every dataset known on one side, by full name."""
 
     datasets: Mapping[str, DatasetInfo] = field(default_factory=dict)
+    #: Whether this side's ZFS has native encryption (a target without it cannot encrypt what it receives).
+    native_encryption: bool = True
 
     @classmethod
-    def of(cls, datasets: Iterable[DatasetInfo]) -> Listing:
-        return cls({d.name: d for d in datasets})
+    def of(cls, datasets: Iterable[DatasetInfo], *, native_encryption: bool = True) -> Listing:
+        return cls({d.name: d for d in datasets}, native_encryption)
 
     def get(self, name: str) -> DatasetInfo | None:
         return self.datasets.get(name)

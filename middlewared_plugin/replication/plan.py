@@ -17,16 +17,30 @@ ZFS terms (the ZFS layer builds the argv; "target" and "source" are full dataset
   afterwards the target holds `snapshot`.
 - `DestroySnapshots(dataset, snapshots)`: destroy exactly those snapshots (`zfs destroy dataset@a,b,...`,
   batched). `reason` says why: target retention run before receiving, or a replication from scratch.
-- `Rollback(dataset, snapshot, destroys)`: `zfs rollback -r dataset@snapshot`, discarding the changes
-  made since it; `destroys` lists the later snapshots that go with them.
-- `FullSend(source@snapshot -> target)`: `zfs send [flags] source@snapshot | zfs recv -s [flags] target`.
+- `Rollback(dataset, snapshot, destroys)`: `zfs rollback [-r] dataset@snapshot`, discarding the changes
+  made since it; `destroys` lists the later snapshots that go with them. `reason` CHANGES: changes made on
+  the target, which only a task that allows it discards (logged with `written`, the bytes discarded where
+  ZFS reports them, and counted in the run's summary); MOUNT: only what this run's own mounting changed.
+- `FullSend(source@snapshot -> target)`: `zfs send [flags] source@snapshot | zfs recv -s -u [flags] target`.
 - `IncrementalSend(source@base..snapshot -> target)`: `zfs send -I source@base source@snapshot` when
   `intermediates` (every snapshot between arrives too, as listed in `arrives`), else `zfs send -i`.
+  `if_modified`: where ZFS cannot report `written` (zfs-fuse), the planner cannot see changes made on the
+  target; a task that allows discarding them carries this rollback, run only when the receive is refused
+  because the target was modified since `base`, after which the send is tried once more.
 - `SetReadonly(dataset)`: `zfs set readonly=on dataset`.
+- `Mount(dataset)`: `zfs mount -o ro` what the receives (all `-u`) left unmounted, once the read-only
+  policy is applied, so that neither mounting nor anyone else writes to a target after its newest snapshot
+  (OpenZFS upgrades the accounting of a newly encrypted dataset at its first read-write mount). The
+  `readonly` property is left as the policy set it (IGNORE: untouched). `recursive`: the descendant
+  filesystems too (-R streams). `reverts`: rollbacks run when the step did mount something: where mounting
+  a filesystem inside another changes the outer one (zfs-fuse stamps the access time of the mountpoint
+  directory), that change is ours alone, and it would make the next incremental receive fail.
 
 Send flags (`SendOptions`): `raw` -w, `replicate` -R, `properties` -p (implied by -R and -w), `large_block`
 -L, `embed` -e, `compressed` -c. Receive flags (`ReceiveOptions`): always -s where supported; `force` -F
-(only where the plan already lists what it destroys, or the target holds no snapshots), `mount=False` -u,
+(only for a full stream where the plan already lists what it destroys, or the target holds no snapshots:
+incremental receives are never forced, changes on the target are rolled back by explicit steps), always -u
+(`Mount` steps mount afterwards; `mount` says whether the run mounts at all),
 `exclude_properties` -x each, `override_properties` -o each, `encryption`: NEW_KEY
 -o encryption=on -o keyformat=.. -o keylocation=.. (the key itself never enters the plan), INHERIT
 -x encryption, KEEP nothing.
@@ -134,12 +148,20 @@ class DestroySnapshots(Step):
     reason: DestroyReason
 
 
+class RollbackReason(StrEnum):
+    CHANGES = "CHANGES"  # snapshots or data made on the target since `snapshot`: needs the task's permission
+    MOUNT = "MOUNT"  # only what this run's own mounting changed (no data)
+
+
 @dataclass(frozen=True)
 class Rollback(Step):
     kind: ClassVar[str] = "rollback"
     dataset: str
     snapshot: str
     destroys: tuple[str, ...] = ()  # later snapshots destroyed by the rollback, oldest first
+    reason: RollbackReason = RollbackReason.CHANGES
+    #: Bytes written to the target since `snapshot` (what a CHANGES rollback discards); None: unknown.
+    written: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,12 +189,22 @@ class IncrementalSend(Step):
     send: SendOptions = SendOptions()
     receive: ReceiveOptions = ReceiveOptions()
     estimate: ByteEstimate | None = None
+    #: Run when the receive is refused because the target was modified since `base`, then send again.
+    if_modified: Rollback | None = None
 
 
 @dataclass(frozen=True)
 class SetReadonly(Step):
     kind: ClassVar[str] = "set_readonly"
     dataset: str
+
+
+@dataclass(frozen=True)
+class Mount(Step):
+    kind: ClassVar[str] = "mount"
+    dataset: str
+    recursive: bool = False
+    reverts: tuple[Rollback, ...] = ()  # run when this step mounted something (reason MOUNT)
 
 
 SendStep = Resume | FullSend | IncrementalSend
@@ -236,6 +268,16 @@ class ParentIsVolume(Conflict):
     @property
     def message(self) -> str:
         return f"Target {self.dataset!r} cannot be created: its parent {self.parent!r} is a volume"
+
+
+@dataclass(frozen=True)
+class PoolMissing(Conflict):
+    code: ClassVar[str] = "POOL_MISSING"
+    pool: str
+
+    @property
+    def message(self) -> str:
+        return f"Target {self.dataset!r} cannot be created: pool {self.pool!r} does not exist on the target host"
 
 
 @dataclass(frozen=True)
@@ -380,6 +422,13 @@ class DatasetPlan:
                 out += [(step.dataset, s) for s in step.destroys]
         return out
 
+    def rollbacks(self) -> list[Rollback]:
+        """Rollbacks that discard changes made on the target (CHANGES): planned ones, and the conditional
+        ones that run only if a receive is refused because the target was modified."""
+        planned = [s for s in self.steps if isinstance(s, Rollback)]
+        conditional = [s.if_modified for s in self.steps if isinstance(s, IncrementalSend) and s.if_modified]
+        return [r for r in planned + conditional if r.reason is RollbackReason.CHANGES]
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -420,6 +469,7 @@ class Plan:
             # Summaries for readers that do not walk every dataset: all conflicts, all destruction.
             "conflicts": [_jsonable(c) for c in self.conflicts],
             "destroys": [f"{dataset}@{snapshot}" for dataset, snapshot in self.destroys()],
+            "rollbacks": [f"{r.dataset}@{r.snapshot}" for d in self.datasets for r in d.rollbacks()],
             "datasets": [_jsonable(d) for d in self.datasets],
         }
 

@@ -11,9 +11,17 @@ Rules (the tests in tests/unit/test_planner.py state each one):
   destroys every target snapshot (listed) and sends a full stream over it. A target without snapshots
   that holds data is treated the same way.
 - Target snapshots newer than the base (diverged) or changes written after it are a conflict unless
-  `allow_rollback`; then the plan rolls back to the base and lists what the rollback destroys.
+  `allow_rollback`; then the plan rolls back to the base and lists what the rollback destroys. Incremental
+  receives are never forced (-F): where ZFS cannot report `written` (zfs-fuse), a task that allows rollback
+  carries a rollback to the base that runs only if the receive is refused because the target changed.
+- Receives never mount (-u). With `mount`, a `Mount` step follows the sends and the read-only policy and
+  mounts read-only (`-o ro`; IGNORE leaves the `readonly` property untouched), so nothing our own mounting
+  does lands after the newest snapshot; under IGNORE (no read-only property), the parent a child is mounted
+  into is rolled back to its newest snapshot when the mount happened.
 - Target retention runs first (pre-retention), never on the base, only on selected snapshots.
 - A resume token is resumed first when it still fits both sides, else discarded.
+- A missing target whose pool does not exist on the target host is a conflict (zfs create cannot make a
+  pool), and so is target encryption on a host whose ZFS has no native encryption.
 - `recursive` plans every dataset of the tree (minus `exclude`) separately; `replicate` sends the root
   with -R and checks the children.
 
@@ -55,17 +63,21 @@ from middlewared_plugin.replication.plan import (
     EncryptionMode,
     FullSend,
     IncrementalSend,
+    Mount,
     NoCommonBase,
     NoSelectedSnapshots,
     ParentIsVolume,
     Plan,
+    PoolMissing,
     ReadonlyRequired,
     ReceiveEncryption,
     ReceiveOptions,
     ReplicateChildMissingBase,
     Resume,
     Rollback,
+    RollbackReason,
     SendOptions,
+    SendStep,
     SetReadonly,
     SourceMissing,
     Step,
@@ -314,19 +326,54 @@ class _Planner:
                 base = self.common_base(source_tree, tgt.ordered_snapshots() if tgt else [])
             return DatasetPlan(src.name, tname, base=base, conflicts=tuple(conflicts), depends_on=depends_on)
 
-        steps += self.sends(src, tname, source_tree, base, to_send, send_options, receive, encryption,
-                            force_full=tgt is not None, replicate=replicate)
+        sends = self.sends(src, tname, source_tree, base, to_send, send_options, receive, encryption,
+                           force_full=tgt is not None, replicate=replicate)
+        if (sends and base is not None and spec.allow_rollback and not resumed and not replicate
+                and tgt is not None and tgt.written is None
+                and not any(isinstance(s, Rollback) and s.dataset == tname for s in steps)):
+            # The listing cannot tell whether the target changed since the base: if the receive says it did,
+            # the task allows discarding that, explicitly and logged, rather than by a blind `receive -F`.
+            first = sends[0]
+            assert isinstance(first, IncrementalSend) and first.base == base
+            sends[0] = replace(first, if_modified=Rollback(tname, base))
+        steps += sends
         if spec.readonly is not ReadonlyPolicy.IGNORE and (
                 tgt is None or creating or tgt.readonly is not True):
             steps.append(SetReadonly(tname))
+        if spec.mount and (sends or resumed) and src.type is DatasetType.FILESYSTEM:
+            steps.append(self.mount(src, tname, sends, replicate))
         return DatasetPlan(src.name, tname, base=base, steps=tuple(steps), depends_on=depends_on,
                            notes=tuple(notes))
+
+    def mount(self, src: DatasetInfo, tname: str, sends: list[SendStep], replicate: bool) -> Mount:
+        """Mount the target (read-only) once its read-only policy is applied. Under IGNORE the filesystem it
+        is mounted into (when this plan replicates that one too) is rolled back to its newest snapshot if the
+        mount happened: zfs-fuse stamps the access time of the mountpoint directory unless the `readonly`
+        property is on, and that change of ours would make the next incremental receive into the parent fail."""
+        if self.spec.readonly is not ReadonlyPolicy.IGNORE:
+            return Mount(tname, recursive=replicate)
+        reverts: list[Rollback] = []
+        if replicate:
+            newest = sends[-1].arrives[-1]
+            for ds in self.source.tree(src.name):
+                has_children = any(c.name.rsplit("/", 1)[0] == ds.name for c in self.source.tree(ds.name))
+                if has_children and any(s.name == newest for s in ds.snapshots):
+                    reverts.append(Rollback(self.target_name(ds.name), newest, reason=RollbackReason.MOUNT))
+        elif "/" in tname:
+            parent = self.planned.get(tname.rsplit("/", 1)[0])
+            if parent is not None and parent.runnable:
+                newest = parent.sends[-1].arrives[-1] if parent.sends else parent.base
+                if newest is not None:
+                    reverts.append(Rollback(parent.target, newest, reason=RollbackReason.MOUNT))
+        return Mount(tname, recursive=replicate, reverts=tuple(reverts))
 
     # --- target parents -------------------------------------------------------------------------
 
     def parents(self, tname: str) -> tuple[tuple[str, ...], str | None, str | None, Conflict | None]:
         """(parents to create top-down, target created earlier in this plan, skip reason, conflict)."""
         missing: list[str] = []
+        if "/" not in tname:
+            return (), None, None, PoolMissing(tname, tname)  # the target is a pool, and it does not exist
         for ancestor in _ancestors(tname):
             info = self.target.get(ancestor)
             if info is not None:
@@ -339,7 +386,9 @@ class _Planner:
                     return (), None, f"its parent {ancestor!r} is not replicated in this run", None
                 return tuple(reversed(missing)), ancestor, None, None
             if "/" not in ancestor:
-                break  # a pool: zfs create cannot make one, the receive will report it missing
+                # The pool itself is missing (the target listing holds the nearest existing ancestor):
+                # zfs create cannot make one, so say so instead of letting the receive fail.
+                return (), None, None, PoolMissing(tname, ancestor)
             missing.append(ancestor)
         return tuple(reversed(missing)), None, None, None
 
@@ -405,12 +454,12 @@ class _Planner:
         rollback = tuple(t.name for t in newer if t.name not in retained_away)
         if newer:
             if self.spec.allow_rollback:
-                steps.append(Rollback(tname, base, rollback))
+                steps.append(Rollback(tname, base, rollback, written=tgt.written))
             else:
                 conflicts.append(Diverged(tname, base, tuple(t.name for t in newer)))
         elif tgt.written and not resumed:
             if self.spec.allow_rollback:
-                steps.append(Rollback(tname, base))
+                steps.append(Rollback(tname, base, written=tgt.written))
             else:
                 conflicts.append(TargetModified(tname, base, tgt.written))
         removed = set(retained_away) | (set(rollback) if self.spec.allow_rollback else set())
@@ -454,9 +503,9 @@ class _Planner:
         def applies(name: str) -> bool:
             return src.properties is None or name in src.properties
 
+        # Never forced and never mounting: rollbacks are explicit steps, mounting is the `Mount` step.
         return ReceiveOptions(
-            force=self.spec.allow_rollback,
-            mount=self.spec.mount,
+            mount=False,
             exclude_properties=tuple(p for p in self.spec.properties_exclude if applies(p)),
             override_properties=tuple((k, v) for k, v in self.spec.properties_override.items() if applies(k)),
         )
@@ -468,6 +517,8 @@ class _Planner:
         keep = ReceiveEncryption()
         if wanted is None:
             return keep, None
+        if not self.target.native_encryption:
+            return keep, EncryptionConflict(tname, "ZFS on the target host does not support native encryption")
         if raw:
             return keep, EncryptionConflict(tname, f"source {src.name!r} is encrypted and sent raw with its "
                                                    f"properties, so it cannot be encrypted with another key")
@@ -500,9 +551,9 @@ class _Planner:
 
     def sends(self, src: DatasetInfo, tname: str, source_tree: _Tree, base: str | None,
               to_send: list[SnapshotInfo], send: SendOptions, receive: ReceiveOptions,
-              encryption: ReceiveEncryption, *, force_full: bool, replicate: bool) -> list[Step]:
+              encryption: ReceiveEncryption, *, force_full: bool, replicate: bool) -> list[SendStep]:
         """The chain from `base` (or a full stream) through `to_send`: `-I` runs split by `-i` at gaps."""
-        steps: list[Step] = []
+        steps: list[SendStep] = []
         if not to_send:
             return steps
         snaps = source_tree.snapshots

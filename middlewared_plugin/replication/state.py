@@ -1,7 +1,8 @@
 """Replication task states (reference §3): what `replication.query` shows as `state`, kept across restarts.
 
 Stored through the shared `snapshots.task_state.TaskStates` (the `task_state` table, one row per
-`replication_task_<id>`, settled states written through, RUNNING/WAITING in memory only). On top of it:
+`replication_task_<id>`, settled states written through, a run's start too, so a run the process died during
+reads as an interrupted ERROR after the restart; progress updates in memory only). On top of it:
 an unknown task is PENDING, and `last_snapshot` carries over from state to state, so the engine may
 report it only when it changes. States outlive disabling a task; the service removes them on delete.
 """

@@ -12,18 +12,21 @@ delete with TrueNAS semantics and `<namespace>.query` events for free.
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic import ValidationError as PydanticValidationError
 
 from middlewared_plugin.auth.credentials import Credentials
 from middlewared_plugin.auth.session import Session
-from middlewared_plugin.errors import InstanceNotFound, ValidationError, ValidationErrors
+from middlewared_plugin.errors import CallError, InstanceNotFound, ValidationError, ValidationErrors
 from middlewared_plugin.events import Event
+from middlewared_plugin.protocol import ejson
 from middlewared_plugin.query.filters import filter_list
 
 if TYPE_CHECKING:
@@ -34,7 +37,20 @@ REDACTED = "********"
 
 
 class Private:
-    """Marks a secret field: `Annotated[str, Private]`. Redacted in job arguments and for readers."""
+    """Marks a secret field: `Annotated[str, Private]`. Redacted in job arguments and for readers.
+
+    As a method's `secret_result` (`api_method(secret_result=Private)`), the whole result is secret.
+    """
+
+
+@dataclass(frozen=True)
+class SecretsOf:
+    """Metadata of a free-form dict field: its secrets are where `model`'s `Private` fields are.
+
+    `Annotated[dict[str, Any], SecretsOf(Entry)]` keeps the field's validation and redacts like `Entry`.
+    """
+
+    model: type[BaseModel]
 
 
 class ApiModel(BaseModel):
@@ -83,11 +99,20 @@ class CallContext:
 
 @dataclass
 class MethodSpec:
+    """A callable method and who may call it over the wire (`authorized`).
+
+    Access is declared with exactly one of: `roles` (any of them), `no_auth` (anyone, even before login),
+    `no_authz_required` (any logged-in user; the method itself limits what each user sees or touches) or
+    `private` (an internal helper: full admins only, as on TrueNAS). A method that declares none of them is
+    for full admins only too, so forgetting a declaration never opens a method to every user.
+    """
+
     name: str
     func: Callable[..., Awaitable[Any]]
     args_model: type[BaseModel]
     roles: tuple[str, ...] = ()
     no_auth: bool = False
+    no_authz_required: bool = False
     private: bool = False
     job: bool = False
     lock: str | Callable[[list[Any]], str] | None = None
@@ -97,20 +122,60 @@ class MethodSpec:
     description: str | None = None
     filterable: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where the result's secrets are, as an annotation: `Private` (all of it), a model with `Private` fields,
+    #: `list[Model] | Model` ... Job records (stored, events, core.get_jobs) show them as "********".
+    secret_result: Any = None
+
+    def __post_init__(self) -> None:
+        declared = [name for name, value in (("roles", self.roles), ("no_auth", self.no_auth),
+                                             ("no_authz_required", self.no_authz_required),
+                                             ("private", self.private)) if value]
+        if len(declared) > 1:
+            raise ValueError(f"{self.name}: declare only one of roles, no_auth, no_authz_required, private "
+                             f"(found {', '.join(declared)})")
+
+    def authorized(self, credentials: Credentials | None) -> bool:
+        """Whether a session with `credentials` (None: not logged in) may call this method."""
+        if self.no_auth:
+            return True
+        if credentials is None:
+            return False
+        if self.no_authz_required:
+            return True
+        if self.roles:
+            return credentials.has_any_role(self.roles)
+        # Private helpers and methods without a declaration.
+        return credentials.is_full_admin
 
     @property
     def arg_names(self) -> list[str]:
         return list(self.args_model.model_fields)
 
     def parse_params(self, params: list[Any]) -> list[Any]:
-        """Positional params -> validated python values (nested models as dicts), defaults filled."""
+        """Positional params -> validated python values (nested models as dicts), defaults filled.
+
+        Extended-JSON values (`{"$date": ms}`...) are decoded here, so one that cannot be decoded is an invalid
+        argument like any other, with its path.
+        """
         names = self.arg_names
         if len(params) > len(names):
             raise ValidationErrors([("", f"Too many arguments (expected {len(names)}, found {len(params)})", 22)])
+        arguments = {}
+        for name, value in zip(names, params, strict=False):
+            try:
+                arguments[name] = ejson.decode(value)
+            except ejson.DecodeError as exc:
+                raise ValidationErrors([(".".join(map(str, [name, *exc.path])), str(exc), errno.EINVAL)]) from None
         try:
-            parsed = self.args_model.model_validate(dict(zip(names, params, strict=False)))
+            parsed = self.args_model.model_validate(arguments)
         except PydanticValidationError as exc:
             raise pydantic_to_validation_errors(exc) from None
+        except CallError:
+            raise
+        except Exception as exc:
+            # Pydantic passes on what a validator raises other than ValueError/AssertionError: still a bad
+            # argument, not a server error (the cause stays in the trace for logged-in callers).
+            raise ValidationErrors([("", "Invalid value", errno.EINVAL)]) from exc
         return [_plain(getattr(parsed, name)) for name in names]
 
     def redact_arguments(self, arguments: list[Any]) -> list[Any]:
@@ -121,6 +186,9 @@ class MethodSpec:
             if i < len(names) else value
             for i, value in enumerate(arguments)
         ]
+
+    def redact_result(self, result: Any) -> Any:
+        return result if self.secret_result is None else redact_by_annotation(self.secret_result, [], result)
 
 
 def _plain(value: Any) -> Any:
@@ -142,9 +210,28 @@ def pydantic_to_validation_errors(exc: PydanticValidationError, prefix: str | No
 
 
 def redact_by_annotation(annotation: Any, metadata: list[Any], value: Any) -> Any:
-    """Replace values of `Private` fields with the TrueNAS placeholder, walking nested models."""
-    if Private in metadata or getattr(annotation, "__metadata__", None) and Private in annotation.__metadata__:
+    """Replace values of `Private` fields with the TrueNAS placeholder, walking nested models, lists and unions.
+
+    A union member is applied when it may describe the value (for models: every `Literal` field present
+    agrees), so a discriminated union is redacted by the member the value is an instance of.
+    """
+    while get_origin(annotation) is Annotated:
+        annotation, *more = get_args(annotation)
+        metadata = [*metadata, *more]
+    if annotation is Private or Private in metadata:
         return REDACTED if value is not None else None
+    shaped = next((m.model for m in metadata if isinstance(m, SecretsOf)), None)
+    if shaped is not None:
+        return redact_by_annotation(shaped, [], value)
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        for member in get_args(annotation):
+            if _may_describe(member, value):
+                value = redact_by_annotation(member, [], value)
+        return value
+    if origin is list and isinstance(value, list):
+        item = (get_args(annotation) or (Any,))[0]
+        return [redact_by_annotation(item, [], v) for v in value]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
         out = dict(value)
         for name, info in annotation.model_fields.items():
@@ -155,11 +242,25 @@ def redact_by_annotation(annotation: Any, metadata: list[Any], value: Any) -> An
     return value
 
 
+def _may_describe(annotation: Any, value: Any) -> bool:
+    bare = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    if not (isinstance(bare, type) and issubclass(bare, BaseModel)):
+        return True
+    if not isinstance(value, dict):
+        return False
+    for name, info in bare.model_fields.items():
+        key = info.alias or name
+        if get_origin(info.annotation) is Literal and key in value and value[key] not in get_args(info.annotation):
+            return False
+    return True
+
+
 def api_method(
     args: type[BaseModel] | None = None,
     *,
     roles: tuple[str, ...] | list[str] = (),
     no_auth: bool = False,
+    no_authz_required: bool = False,
     private: bool = False,
     job: bool = False,
     lock: str | Callable[[list[Any]], str] | None = None,
@@ -167,15 +268,21 @@ def api_method(
     logs: bool = False,
     read_roles: tuple[str, ...] | list[str] = (),
     filterable: bool = False,
+    secret_result: Any = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-    """Declare a public method. The function takes (self, ctx, *args) and, for jobs, finds ctx.job set."""
+    """Declare a method. The function takes (self, ctx, *args) and, for jobs, finds ctx.job set.
+
+    Who may call it: `roles`, `no_auth`, `no_authz_required` or `private`, see MethodSpec; none of them
+    means full admins only.
+    """
 
     def decorate(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         func._api_spec = dict(  # type: ignore[attr-defined]
             args_model=args or create_model(f"{func.__name__}_args", __base__=ApiModel),
-            roles=tuple(roles), no_auth=no_auth, private=private, job=job, lock=lock,
+            roles=tuple(roles), no_auth=no_auth, no_authz_required=no_authz_required, private=private, job=job,
+            lock=lock,
             lock_queue_size=lock_queue_size, logs=logs, read_roles=tuple(read_roles),
-            description=(func.__doc__ or "").strip() or None, filterable=filterable,
+            description=(func.__doc__ or "").strip() or None, filterable=filterable, secret_result=secret_result,
         )
         return func
 
@@ -314,16 +421,18 @@ class CRUDService(Service):
 
     # Public methods ------------------------------------------------------------------------------------
 
-    async def entries(self, ctx: CallContext) -> list[dict[str, Any]]:
-        """Extended entries as `ctx`'s caller may see them."""
+    async def entries(self, ctx: CallContext, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Extended entries as `ctx`'s caller may see them. `extra` is the query's `options.extra`: what a
+        service computes only when asked (`replication`'s `check_dataset_encryption_keys`)."""
         entries = await self.extend(ctx, await self.stored())
         return [self.redact(ctx.credentials, e) for e in entries]
 
     async def query(self, ctx: CallContext, filters: list[Any], options: dict[str, Any]) -> Any:
-        return filter_list(await self.entries(ctx), filters, options)
+        return filter_list(await self.entries(ctx, options.get("extra")), filters, options)
 
     async def get_instance(self, ctx: CallContext, id: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        found = filter_list(await self.entries(ctx), [["id", "=", id]], {**(options or {}), "get": False})
+        found = filter_list(await self.entries(ctx, (options or {}).get("extra")), [["id", "=", id]],
+                            {**(options or {}), "get": False})
         if not found:
             raise InstanceNotFound(f"{self.entry_name} {id} does not exist")
         return found[0]
@@ -399,6 +508,8 @@ class CRUDService(Service):
         ns = self.namespace
         model = self.entry_model
         read, write = (self.read_role,), (self.write_role,)
+        # The secret fields, as job records must redact them: whole values, as readers see them.
+        secrets = create_model(f"{ns}_secrets", **{k: (Annotated[Any, Private], None) for k in self.secret_fields})
         generated = [
             MethodSpec(f"{ns}.query", self._api_query, QueryArgs, roles=read, filterable=True),
             MethodSpec(f"{ns}.get_instance", self._api_get_instance,
@@ -409,13 +520,18 @@ class CRUDService(Service):
                        roles=write),
             MethodSpec(f"{ns}.update", self._api_update,
                        create_model(f"{ns}_update", __base__=ApiModel, id=(int, ...),
-                                    **{self.update_arg: (dict[str, Any], {})}),
+                                    **{self.update_arg: (Annotated[dict[str, Any], SecretsOf(secrets)], {})}),
                        roles=write),
             MethodSpec(f"{ns}.delete", self._api_delete,
                        create_model(f"{ns}_delete", __base__=ApiModel, id=(int, ...)), roles=write),
         ]
         for spec in generated:
             specs.setdefault(spec.name, spec)
+        if self.secret_fields:
+            # Entries (one, or a list from query) are what these return, generated or overridden.
+            for verb in ("query", "get_instance", "create", "update"):
+                spec = specs[f"{ns}.{verb}"]
+                spec.secret_result = spec.secret_result or list[secrets] | secrets  # type: ignore[valid-type]
         return list(specs.values())
 
     async def _api_query(self, ctx: CallContext, filters: list[Any], options: dict[str, Any]) -> Any:
@@ -488,5 +604,5 @@ class ConfigService(Service):
 
 __all__ = [
     "REDACTED", "ApiModel", "CRUDService", "CallContext", "ConfigService", "MethodSpec", "NonEmptyStr", "Private",
-    "QueryArgs", "QueryOptions", "Service", "ValidationError", "ValidationErrors", "api_method",
+    "QueryArgs", "QueryOptions", "SecretsOf", "Service", "ValidationError", "ValidationErrors", "api_method",
 ]

@@ -77,20 +77,20 @@ class CoreService(Service):
                 ctx.session.options[key] = options[key]
         return dict(ctx.session.options)
 
-    @api_method(GetMethodsArgs)
+    @api_method(GetMethodsArgs, no_authz_required=True)
     async def get_methods(self, ctx: CallContext, service: str | None, target: str) -> dict[str, Any]:
         methods = {}
         for name, spec in sorted(self.app.methods.items()):
             if spec.private or (service is not None and not name.startswith(f"{service}.")):
                 continue
-            if ctx.credentials is not None and spec.roles and not ctx.credentials.has_any_role(spec.roles):
+            if ctx.credentials is not None and not spec.authorized(ctx.credentials):
                 continue
             methods[name] = {
                 "description": spec.description,
                 "cli_description": spec.description,
                 "examples": {},
                 "no_auth_required": spec.no_auth,
-                "no_authz_required": not spec.roles,
+                "no_authz_required": spec.no_auth or spec.no_authz_required,
                 "cli_private": False,
                 "filterable": spec.filterable,
                 "filterable_schema": None,
@@ -105,7 +105,7 @@ class CoreService(Service):
             }
         return methods
 
-    @api_method(GetServicesArgs)
+    @api_method(GetServicesArgs, no_authz_required=True)
     async def get_services(self, ctx: CallContext, target: str) -> dict[str, Any]:
         from middlewared_plugin.services.base import ConfigService, CRUDService
         return {
@@ -114,7 +114,7 @@ class CoreService(Service):
             for ns, s in self.app.services.items()
         }
 
-    @api_method(DescribeScheduleArgs)
+    @api_method(DescribeScheduleArgs, no_authz_required=True)
     async def describe_schedule(self, ctx: CallContext, schedule: dict[str, Any]) -> str:
         """A cron schedule object in words ("At 00:00, only on Sunday"), for forms that show it as you type."""
         verrors = ValidationErrors()
@@ -124,7 +124,7 @@ class CoreService(Service):
 
     # Subscriptions ---------------------------------------------------------------------------------------
 
-    @api_method(SubscribeArgs)
+    @api_method(SubscribeArgs, no_authz_required=True)  # checks the event's roles itself
     async def subscribe(self, ctx: CallContext, event: str) -> str:
         assert ctx.session is not None and ctx.credentials is not None
         if event == "*":
@@ -140,7 +140,7 @@ class CoreService(Service):
         ctx.session.subscriptions[sub_id] = event
         return sub_id
 
-    @api_method(UnsubscribeArgs)
+    @api_method(UnsubscribeArgs, no_authz_required=True)
     async def unsubscribe(self, ctx: CallContext, id: str) -> None:
         assert ctx.session is not None
         ctx.session.subscriptions.pop(id, None)
@@ -156,24 +156,47 @@ class CoreService(Service):
             raise CallError("Not authorized", errno.EPERM)
         return job
 
-    @api_method(QueryArgs, filterable=True)
+    def _job_to_act_on(self, ctx: CallContext, job_id: int) -> Job | StoredJob:
+        """A job the caller may change (abort, progress): one it started, or any job of a namespace whose
+        write role it holds. Seeing a job through its `read_roles` does not let a reader stop or rewrite it."""
+        job = self._visible_job(ctx, job_id)
+        credentials = ctx.credentials
+        if credentials is None or credentials.is_full_admin:
+            return job
+        if job.username is not None and job.username == credentials.username:
+            return job
+        service = self.app.services.get(job.method.rpartition(".")[0])
+        if service is not None and service.role_prefix is not None and credentials.has_role(service.write_role):
+            return job
+        raise CallError("Not authorized", errno.EPERM)
+
+    @api_method(QueryArgs, no_authz_required=True, filterable=True)  # lists only visible jobs
     async def get_jobs(self, ctx: CallContext, filters: list[Any], options: dict[str, Any]) -> Any:
         raw = bool(options.get("extra", {}).get("raw_result"))
         jobs = [
-            j.to_json(raw_result=raw) for j in sorted(self.app.jobs.jobs.values(), key=lambda j: j.id)
+            # Raw results (secrets) only for the job's own user or a full admin, as on TrueNAS.
+            j.to_json(raw_result=raw and (ctx.credentials is None or j.owned_by(ctx.credentials)))
+            for j in sorted(self.app.jobs.jobs.values(), key=lambda j: j.id)
             if ctx.credentials is None or j.visible_to(ctx.credentials)
         ]
         return filter_list(jobs, filters, options)
 
-    @api_method(JobIdArgs)
+    @api_method(JobIdArgs, no_authz_required=True)
     async def job_abort(self, ctx: CallContext, id: int) -> None:
-        self._visible_job(ctx, id)
+        self._job_to_act_on(ctx, id)
         self.app.jobs.abort(id)
 
-    @api_method(JobIdArgs, job=True)
+    @api_method(JobIdArgs, no_authz_required=True, job=True)
     async def job_wait(self, ctx: CallContext, id: int) -> Any:
-        target = self._visible_job(ctx, id)
         assert ctx.job is not None
+        if id == ctx.job.id:
+            # It would wait for itself forever, holding the caller's call slot.
+            raise CallError("A job cannot wait for itself", errno.EINVAL)
+        target = self._visible_job(ctx, id)
+        if id > ctx.job.id:
+            # Started after this call, so no job the caller could have meant; two such waits could wait for
+            # each other.
+            raise CallError("A job can only wait for a job started before it", errno.EINVAL)
         if isinstance(target, StoredJob):
             if target.state.value != "SUCCESS":
                 raise CallError(target.doc.get("error") or "Job failed", errno.EFAULT)
@@ -185,22 +208,23 @@ class CoreService(Service):
 
     @api_method(JobUpdateArgs, private=True)
     async def job_update(self, ctx: CallContext, id: int, data: dict[str, Any]) -> None:
-        job = self._visible_job(ctx, id)
+        job = self._job_to_act_on(ctx, id)
         if isinstance(job, Job) and "progress" in data:
             progress = data["progress"]
             job.set_progress(progress.get("percent"), progress.get("description"), progress.get("extra"))
 
-    @api_method(JobDownloadLogsArgs)
+    @api_method(JobDownloadLogsArgs, no_authz_required=True)
     async def job_download_logs(self, ctx: CallContext, id: int, filename: str, buffered: bool) -> str:
         job = self._visible_job(ctx, id)
         logs_path = job.logs_path if isinstance(job, Job) else job.doc.get("logs_path")
         if not logs_path:
             raise CallError("This job has no logs", errno.ENOENT)
         assert ctx.credentials is not None
-        token = self.app.accounts.generate_token(ctx.credentials, 600, {"job": id, "filename": filename}, True)
+        token = self.app.accounts.generate_token(
+            ctx.credentials, 600, {"job": id, "filename": filename}, True, ctx.session)
         return f"/_download/{id}?auth_token={token}"
 
-    @api_method(BulkArgs, job=True)
+    @api_method(BulkArgs, no_authz_required=True, job=True)  # each inner call is authorized
     async def bulk(self, ctx: CallContext, method: str, params: list[list[Any]], description: str | None) -> Any:
         assert ctx.job is not None
         results = []

@@ -7,20 +7,25 @@ Remote commands for a credential go through `runner(id)`, the one way to reach a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import ssl
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 from websockets.exceptions import WebSocketException
 
 from middlewared_plugin.client import Client
@@ -33,7 +38,13 @@ from middlewared_plugin.errors import (
 )
 from middlewared_plugin.remote.runner import Runner
 from middlewared_plugin.remote.ssh import runner_for_credentials, scan_host_keys
-from middlewared_plugin.remote.ssh_keys import generate_key_pair, normalize_private_key, validate_key_pair
+from middlewared_plugin.remote.ssh_keys import (
+    SshKeyError,
+    authorized_key_line,
+    generate_key_pair,
+    normalize_private_key,
+    validate_key_pair,
+)
 from middlewared_plugin.services.base import (
     ApiModel,
     CallContext,
@@ -45,9 +56,25 @@ from middlewared_plugin.services.base import (
     api_method,
     pydantic_to_validation_errors,
 )
+from middlewared_plugin.services.common import SshHost, SshUsername
+
+logger = logging.getLogger(__name__)
 
 SSH_KEY_PAIR = "SSH_KEY_PAIR"
 SSH_CREDENTIALS = "SSH_CREDENTIALS"
+#: Login shells pairing replaces with bash (TrueNAS's NO_LOGIN_SHELL; /sbin is /usr/sbin on merged-/usr systems).
+NO_LOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin")
+
+
+def _one_public_key(value: str) -> str:
+    try:
+        return authorized_key_line(value)
+    except SshKeyError as e:
+        raise PydanticCustomError("public_key", str(e)) from None
+
+
+#: A key pairing may add to an account's authorized_keys, as its `"<type> <base64>"` line (see authorized_key_line).
+PairingPublicKey = Annotated[LongStr, AfterValidator(_one_public_key)]
 
 
 class SshKeyPairAttributes(ApiModel):
@@ -56,9 +83,9 @@ class SshKeyPairAttributes(ApiModel):
 
 
 class SshCredentialsAttributes(ApiModel):
-    host: NonEmptyStr
+    host: SshHost
     port: Annotated[int, Field(ge=1, le=65535)] = 22
-    username: NonEmptyStr = "root"
+    username: SshUsername = "root"
     private_key: int
     remote_host_key: Annotated[LongStr, Field(min_length=1)]
     connect_timeout: Annotated[int, Field(ge=1)] = 10
@@ -87,7 +114,8 @@ class KeychainCredentialCreateArgs(ApiModel):
 
 class KeychainCredentialUpdate(ApiModel):
     name: NonEmptyStr | None = None
-    attributes: dict[str, Any] | None = None
+    #: Secret as a whole: a key pair's attributes hold its private key.
+    attributes: Annotated[dict[str, Any] | None, Private] = None
 
 
 class KeychainCredentialUpdateArgs(ApiModel):
@@ -110,7 +138,7 @@ class GetOfTypeArgs(ApiModel):
 
 
 class HostKeyScan(ApiModel):
-    host: NonEmptyStr
+    host: SshHost
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     connect_timeout: Annotated[int, Field(ge=1)] = 10
 
@@ -127,7 +155,7 @@ class SemiAutomaticSetup(ApiModel):
     admin_username: str = "root"
     password: Annotated[str | None, Private] = None
     otp_token: Annotated[str | None, Private] = None
-    username: str = "root"
+    username: SshUsername = "root"
     private_key: int
     connect_timeout: Annotated[int, Field(ge=1)] = 10
     sudo: bool = False
@@ -139,8 +167,8 @@ class SemiAutomaticSetupArgs(ApiModel):
 
 class SshPair(ApiModel):
     remote_hostname: str
-    username: str = "root"
-    public_key: Annotated[LongStr, Field(min_length=1)]
+    username: SshUsername = "root"
+    public_key: PairingPublicKey
 
 
 class SshPairArgs(ApiModel):
@@ -158,9 +186,9 @@ class ExistingKey(ApiModel):
 
 
 class ManualSetup(ApiModel):
-    host: NonEmptyStr
+    host: SshHost
     port: Annotated[int, Field(ge=1, le=65535)] = 22
-    username: NonEmptyStr = "root"
+    username: SshUsername = "root"
     remote_host_key: Annotated[LongStr, Field(min_length=1)]
     connect_timeout: Annotated[int, Field(ge=1)] = 10
 
@@ -172,7 +200,7 @@ class SemiAutomaticConnection(ApiModel):
     admin_username: str = "root"
     password: Annotated[str | None, Private] = None
     otp_token: Annotated[str | None, Private] = None
-    username: str = "root"
+    username: SshUsername = "root"
     connect_timeout: Annotated[int, Field(ge=1)] = 10
     sudo: bool = False
 
@@ -351,7 +379,7 @@ class KeychainCredentialService(CRUDService):
             raise InstanceNotFound(f"{self.entry_name} {id} does not exist")
         return credential
 
-    @api_method(GetOfTypeArgs, private=True)
+    @api_method(GetOfTypeArgs, private=True, secret_result=KeychainCredentialCreate)
     async def get_of_type(self, ctx: CallContext, id: int, type: str) -> dict[str, Any]:
         credential = await self.stored_one(id)
         if credential is None:
@@ -377,7 +405,7 @@ class KeychainCredentialService(CRUDService):
         """The runner for an SSH_CREDENTIALS entry (connections are pooled per credential and key material)."""
         return runner_for_credentials(await self.connection_attributes(id), sudo=sudo)
 
-    @api_method(roles=("KEYCHAIN_CREDENTIAL_WRITE",))
+    @api_method(roles=("KEYCHAIN_CREDENTIAL_WRITE",), secret_result=SshKeyPairAttributes)
     async def generate_ssh_key_pair(self, ctx: CallContext) -> dict[str, str]:
         return await generate_key_pair("rsa")
 
@@ -412,15 +440,35 @@ class KeychainCredentialService(CRUDService):
             },
         })
 
-    @api_method(SshPairArgs, private=True, roles=("KEYCHAIN_CREDENTIAL_WRITE",))
+    @api_method(SshPairArgs, private=True)
     async def ssh_pair(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
-        """Authorize a remote system's public key for a local user; answer this host's SSH port and host keys."""
-        user = await asyncio.to_thread(_pairing_user, data["username"])
-        if user.pw_shell.endswith("nologin") or user.pw_shell.endswith("/false"):
-            # A user that cannot log in cannot run zfs over SSH; TrueNAS gives it a shell when pairing.
+        """Authorize a remote system's public key for a local user; answer this host's SSH port and host keys.
+
+        The other NAS's semi-automatic setup calls this, then (on TrueNAS) gives a nologin user a shell through
+        `user.update`. This server has no user API, so here pairing makes that one change itself.
+        """
+        return await self.pair_here(ctx, data["username"], data["public_key"], give_shell=True)
+
+    async def pair_here(self, ctx: CallContext, username: str, public_key: str, *, give_shell: bool) -> dict[str, Any]:
+        """Add one public key to a local account's authorized_keys; this host's `{port, host_key}`.
+
+        Only full admins get here (ssh_pair and replication.pair are private methods). `give_shell` replaces a
+        nologin shell with bash, as TrueNAS's semi-automatic setup does; nothing else about the account changes.
+        """
+        try:
+            line = authorized_key_line(public_key)
+        except SshKeyError as e:
+            raise CallError(str(e), errno.EINVAL) from None
+        user = await asyncio.to_thread(_pairing_user, username)
+        if await asyncio.to_thread(_authorize_key, user, line):
+            logger.info("Pairing: added a %s key to %s's authorized_keys (requested by %s)",
+                        line.split()[0], user.pw_name, _requester(ctx))
+        if give_shell and user.pw_shell in NO_LOGIN_SHELLS:
+            # A user that cannot log in cannot run zfs over SSH.
             shell = shutil.which("bash") or "/bin/sh"
+            logger.warning("Pairing: changing the login shell of %s from %s to %s (requested by %s)",
+                           user.pw_name, user.pw_shell, shell, _requester(ctx))
             await self.app.local_runner.run(["usermod", "-s", shell, user.pw_name])
-        await asyncio.to_thread(_authorize_key, user, data["public_key"])
         settings = self.app.settings
         hostname = socket.gethostname()
         keys = []
@@ -512,30 +560,90 @@ async def _pair_with_remote(data: dict[str, Any], public_key: str) -> dict[str, 
         await client.close()
 
 
+def _requester(ctx: CallContext) -> str:
+    return ctx.credentials.username if ctx.credentials is not None else "the server"
+
+
 def _pairing_user(username: str) -> pwd.struct_passwd:
     """The local user `ssh_pair` authorizes a key for; it must exist and have a home directory."""
     try:
         user = pwd.getpwnam(username)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a name with a NUL byte
         raise CallError(f"User {username} does not exist", errno.ENOENT) from None
     if not Path(user.pw_dir).is_dir():
         raise CallError(f"Home directory {user.pw_dir} does not exist", errno.ENOENT)
     return user
 
 
-def _authorize_key(user: pwd.struct_passwd, public_key: str) -> None:
-    """Append `public_key` to the user's ~/.ssh/authorized_keys (once), both owned by the user and private."""
-    home = Path(user.pw_dir)
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    os.chown(ssh_dir, user.pw_uid, user.pw_gid)
-    authorized = ssh_dir / "authorized_keys"
-    line = public_key.strip()
-    text = authorized.read_text() if authorized.exists() else ""
-    if line not in text.splitlines():
-        with authorized.open("a") as f:
-            if text and not text.endswith("\n"):
-                f.write("\n")
-            f.write(line + "\n")
-    authorized.chmod(0o600)
-    os.chown(authorized, user.pw_uid, user.pw_gid)
+def _authorize_key(user: pwd.struct_passwd, line: str) -> bool:
+    """Add `line` to the user's ~/.ssh/authorized_keys unless its key is there already; True when added.
+
+    This runs as root inside a directory the user controls, so no path is followed through a symbolic link
+    (the user could point ~/.ssh or the file at another account's keys or at /etc/shadow): ~/.ssh and the
+    file are opened relative to directory descriptors with O_NOFOLLOW. The new content goes to a temporary
+    file renamed over the old one, so sshd never reads half a file; it keeps the old file's owner (the user
+    for a new file), mode 0600 and every existing byte, with the new line appended.
+    """
+    home_fd = os.open(user.pw_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            os.mkdir(".ssh", 0o700, dir_fd=home_fd)
+            created = True
+        except FileExistsError:
+            created = False
+        ssh_fd = _open_in(home_fd, ".ssh", os.O_RDONLY | os.O_DIRECTORY, user)
+        try:
+            if created:
+                os.fchown(ssh_fd, user.pw_uid, user.pw_gid)
+            return _append_key(ssh_fd, user, line)
+        finally:
+            os.close(ssh_fd)
+    finally:
+        os.close(home_fd)
+
+
+def _open_in(dir_fd: int, name: str, flags: int, user: pwd.struct_passwd) -> int:
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise CallError(f"{name} of user {user.pw_name} is not a plain file or directory (a symbolic link?); "
+                            "refusing to write through it", errno.EPERM) from None
+        raise
+
+
+def _append_key(ssh_fd: int, user: pwd.struct_passwd, line: str) -> bool:
+    name = "authorized_keys"
+    try:
+        # O_NONBLOCK: a FIFO planted under this name must not hang the call.
+        fd = _open_in(ssh_fd, name, os.O_RDONLY | os.O_NONBLOCK, user)
+    except FileNotFoundError:
+        old, uid, gid = b"", user.pw_uid, user.pw_gid
+    else:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise CallError(f"{name} of user {user.pw_name} is not a regular file", errno.EPERM)
+            old = f.read()
+        uid, gid = info.st_uid, info.st_gid
+    blob = line.split()[1].encode()
+    if any(blob in existing.split() for existing in old.splitlines()):
+        return False
+    separator = b"\n" if old and not old.endswith(b"\n") else b""
+    temporary = f".{name}.{secrets.token_hex(8)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=ssh_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(old + separator + line.encode() + b"\n")
+            f.flush()
+            os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), 0o600)
+            os.fsync(f.fileno())
+        os.replace(temporary, name, src_dir_fd=ssh_fd, dst_dir_fd=ssh_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=ssh_fd)
+        raise
+    os.fsync(ssh_fd)
+    return True

@@ -12,18 +12,38 @@ enables its disabled ones again.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
 from middlewared_plugin.attachments import attachments_of, delete_all, listing, toggle_all
-from middlewared_plugin.errors import CallError
+from middlewared_plugin.errors import CallError, InstanceNotFound, ValidationError, ValidationErrors
+from middlewared_plugin.events import Event, EventKind
 from middlewared_plugin.query.filters import filter_list
-from middlewared_plugin.services.base import ApiModel, CallContext, IdArgs, NonEmptyStr, QueryArgs, Service, api_method
+from middlewared_plugin.remote.runner import CommandFailed
+from middlewared_plugin.services.base import (
+    ApiModel,
+    CallContext,
+    IdArgs,
+    NonEmptyStr,
+    QueryArgs,
+    Service,
+    api_method,
+    pydantic_to_validation_errors,
+)
+from middlewared_plugin.services.common import DatasetName, NewPoolName, SnapshotNameSchema
 from middlewared_plugin.zfs.commands import Zfs
-from middlewared_plugin.zfs.types import Dataset, Pool, Snapshot
+from middlewared_plugin.zfs.features import Feature
+from middlewared_plugin.zfs.names import property_name_error, snapshot_name_error
+from middlewared_plugin.zfs.types import Dataset, Pool, PropertyValue, Snapshot, split_snapshot_name
+
+if TYPE_CHECKING:
+    from middlewared_plugin.app import App
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -50,8 +70,26 @@ def dataset_entry(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def snapshot_entry(snapshot: Snapshot) -> dict[str, Any]:
-    return {
+#: The properties of a `pool.snapshot.query` entry when `extra.properties` does not name them.
+SNAPSHOT_PROPERTIES = ("createtxg", "creation", "used", "referenced", "written", "guid", "userrefs")
+#: The hold tag TrueNAS's `pool.snapshot.hold` places, the one its entries' `holds` report.
+TRUENAS_HOLD_TAG = "truenas"
+
+
+def _zfs_prop(value: PropertyValue) -> dict[str, Any]:
+    return {"value": value.raw, "rawvalue": value.raw, "source": value.source, "parsed": value.parsed}
+
+
+def snapshot_entry(
+    snapshot: Snapshot, properties: Iterable[str] = SNAPSHOT_PROPERTIES, held: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """TrueNAS's entry: `properties` as read (`name` comes from the entry itself, as on TrueNAS), `holds`
+    only when asked for (`held`: full names carrying the TrueNAS hold tag)."""
+    props = {p: _zfs_prop(snapshot.properties[p]) for p in properties if p in snapshot.properties}
+    if "name" in properties:
+        props["name"] = {"value": snapshot.full_name, "rawvalue": snapshot.full_name, "source": "NONE",
+                         "parsed": snapshot.full_name}
+    entry = {
         "id": snapshot.full_name,
         "name": snapshot.full_name,
         "dataset": snapshot.dataset,
@@ -59,17 +97,12 @@ def snapshot_entry(snapshot: Snapshot) -> dict[str, Any]:
         "pool": snapshot.dataset.split("/", 1)[0],
         "type": "SNAPSHOT",
         "createtxg": str(snapshot.createtxg),
-        "holds": {} if not snapshot.held else {"userrefs": snapshot.userrefs},
-        "properties": {
-            "creation": _prop(snapshot.creation),
-            "used": _prop(snapshot.used),
-            "referenced": _prop(snapshot.referenced),
-            "written": _prop(snapshot.written),
-            "guid": _prop(str(snapshot.guid)),
-            "userrefs": _prop(snapshot.userrefs),
-        },
+        "properties": props,
         "user_properties": dict(snapshot.user_properties),
     }
+    if held is not None:
+        entry["holds"] = {TRUENAS_HOLD_TAG: 1} if snapshot.full_name in held else {}
+    return entry
 
 
 class ExportOptions(ApiModel):
@@ -85,7 +118,8 @@ class ExportArgs(ApiModel):
 
 class PoolImport(ApiModel):
     guid: NonEmptyStr
-    name: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+    #: Reaches `zpool import` as the new name: ZFS's pool grammar, so never an option such as `-FX`.
+    name: Annotated[NewPoolName, Field(max_length=50)] | None = None
 
 
 class ImportArgs(ApiModel):
@@ -229,6 +263,9 @@ class PoolDatasetService(Service):
     namespace = "pool.dataset"
     role_prefix = "DATASET"
 
+    def event_roles(self) -> dict[str, tuple[str, ...]]:
+        return {DATASET_EVENT: (self.read_role,)}
+
     @api_method(QueryArgs, roles=("DATASET_READ",), filterable=True)
     async def query(self, ctx: CallContext, filters: list[Any], options: dict[str, Any]) -> Any:
         zfs = Zfs(self.app.zfs_runner)
@@ -246,30 +283,193 @@ class PoolDatasetService(Service):
     async def delete(self, ctx: CallContext, id: str, options: dict[str, Any]) -> bool:
         """Destroy a dataset (with `recursive`, its children too), then delete the tasks that used it."""
         zfs = Zfs(self.app.zfs_runner)
+        # TrueNAS's "not found" (get_instance's InstanceNotFound): what clients cleaning up ignore.
+        missing = InstanceNotFound(f"PoolDataset {id} does not exist")
         if "@" in id or not await zfs.exists(id):
-            raise CallError(f"Dataset {id!r} does not exist", errno.ENOENT)
+            raise missing
         if "/" not in id:
             raise CallError(f"{id!r} is the root dataset of a pool: export or destroy the pool instead",
                             errno.EINVAL)
         attached = await attachments_of(self.app, id)
-        await zfs.destroy_dataset(id, recursive=options["recursive"], force=options["force"])
+        # REMOVED for the dataset and everything that goes with it, even when a refused destroy took part of it.
+        watch = TreeWatch(self.app, id)
+        await watch.start()
+        try:
+            await zfs.destroy_dataset(id, recursive=options["recursive"], force=options["force"],
+                                      busy_timeout=self.app.settings.dataset_busy_timeout)
+        except CallError as e:
+            if e.errno == errno.ENOENT:  # destroyed by someone else meanwhile
+                raise missing from e
+            raise
+        finally:
+            await watch.finish()
         await delete_all(attached)
         logger.info("Destroyed dataset %s%s; deleted with it: %s", id, " and its children" * options["recursive"],
                     ", ".join(f"{a.type} {a.name}" for a in attached) or "no task")
         return True
 
 
+class SnapshotQueryExtra(ApiModel):
+    """`pool.snapshot.query`'s `options.extra`, as TrueNAS reads it; options it does not know are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: Property names to read (unknown ones are skipped); None: `SNAPSHOT_PROPERTIES`; []: none.
+    properties: list[str] | None = None
+    #: False: no properties at all, whatever `properties` says.
+    retrieve_properties: bool = True
+    #: Only snapshots created in this transaction group range (0: unbounded).
+    min_txg: Annotated[int, Field(ge=0)] = 0
+    max_txg: Annotated[int, Field(ge=0)] = 0
+    #: Add `holds` to every entry.
+    holds: bool = False
+
+
+class SnapshotCreate(ApiModel):
+    dataset: DatasetName
+    name: NonEmptyStr | None = None
+    naming_schema: SnapshotNameSchema | None = None
+    recursive: bool = False
+    exclude: list[DatasetName] = []
+    #: Accepted for TrueNAS's clients: there are no VMware hosts here to synchronise with.
+    vmware_sync: bool = False
+    #: User properties set on the new snapshots (`zfs snapshot -o`).
+    properties: dict[str, str] = {}
+
+
+class SnapshotCreateArgs(ApiModel):
+    data: SnapshotCreate
+
+
+class SnapshotDeleteOptions(ApiModel):
+    defer: bool = False
+    recursive: bool = False
+
+
+class SnapshotDeleteArgs(ApiModel):
+    id: str
+    options: SnapshotDeleteOptions = SnapshotDeleteOptions()
+
+
 class PoolSnapshotService(Service):
     namespace = "pool.snapshot"
     role_prefix = "SNAPSHOT"
 
+    def event_roles(self) -> dict[str, tuple[str, ...]]:
+        return {SNAPSHOT_EVENT: (self.read_role,)}
+
+    @api_method(SnapshotCreateArgs, roles=("SNAPSHOT_WRITE",))
+    async def create(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
+        """Take a snapshot of `dataset` named `name` (or after `naming_schema`, now); with `recursive`, of every
+        dataset below it too but the `exclude` subtrees, all in one transaction group. Returns its entry."""
+        dataset, name = data["dataset"], data["name"]
+        # TrueNAS's checks and messages (`snapshot_create.*`).
+        verrors = ValidationErrors()
+        if name is not None and data["naming_schema"] is not None:
+            verrors.add("snapshot_create.naming_schema", "You can't specify name and naming schema at the same time")
+        elif name is None and data["naming_schema"] is None:
+            verrors.add("snapshot_create.naming_schema", "You must specify either name or naming schema")
+        elif name is None:
+            name = await self.app.call("replication.new_snapshot_name", data["naming_schema"])
+        if data["exclude"]:
+            if not data["recursive"]:
+                verrors.add("snapshot_create.exclude", "This option has no sense for non-recursive snapshots")
+            for key in ("vmware_sync", "properties"):
+                if data[key]:
+                    verrors.add(f"snapshot_create.{key}", "This option is not supported when excluding datasets")
+        for key in data["properties"]:
+            if (error := property_name_error(key)) is not None:
+                verrors.add(f"snapshot_create.properties.{key}", error)
+        if name is not None and (error := snapshot_name_error(f"{dataset}@{name}")) is not None:
+            verrors.add("snapshot_create.name", f"Invalid snapshot name: {error}")
+        verrors.check()
+        zfs = Zfs(self.app.zfs_runner)
+        try:
+            created = await zfs.create_snapshots(dataset, name, recursive=data["recursive"], exclude=data["exclude"],
+                                                 properties=data["properties"] or None)
+        except CallError as exc:
+            # Found out only when ZFS refuses, so that the usual call costs one command.
+            if isinstance(exc, CommandFailed) and "already exists" in exc.stderr:
+                raise ValidationError("pool.snapshot.create", f"{name} already exists.", errno.EEXIST) from None
+            if not await zfs.exists(dataset):
+                raise ValidationError("snapshot_create.dataset", f"Dataset {dataset} does not exist",
+                                      errno.ENOENT) from None
+            raise
+        logger.info("Snapshot taken: %s@%s%s", dataset, name, f" and {len(created) - 1} more" * (len(created) > 1))
+        entries = await publish_snapshots_added(self.app, created)
+        if f"{dataset}@{name}" not in entries:
+            raise CallError(f"Snapshot {dataset}@{name} was destroyed right after it was taken", errno.ENOENT)
+        return entries[f"{dataset}@{name}"]
+
+    @api_method(SnapshotDeleteArgs, roles=("SNAPSHOT_DELETE",))
+    async def delete(self, ctx: CallContext, id: str, options: dict[str, Any]) -> bool:
+        """Destroy snapshot `id` ("pool/dataset@name"); with `recursive`, that snapshot of every dataset below
+        too. A held snapshot is refused, unless `defer`: ZFS then destroys it once its last hold is released (one
+        with clones once its last clone goes)."""
+        if (error := snapshot_name_error(id)) is not None:
+            # TrueNAS's message, and why.
+            raise ValidationError("pool.snapshot.delete", f"Invalid snapshot name: {id!r} ({error})")
+        dataset, name = split_snapshot_name(id)
+        zfs = Zfs(self.app.zfs_runner)
+        missing = InstanceNotFound(f"PoolSnapshot {id} does not exist")
+        try:
+            listed = await zfs.list_snapshots(dataset, recursive=options["recursive"])
+        except CallError as exc:
+            if exc.errno == errno.ENOENT:
+                raise missing from None
+            raise
+        doomed = [s for s in listed if s.name == name]
+        if id not in {s.full_name for s in doomed}:
+            raise missing
+        held = [s for s in doomed if s.held]
+        if held and not options["defer"]:
+            raise CallError(
+                f"Cannot delete {', '.join(s.full_name for s in held)}: it is held ({held[0].userrefs} hold(s)). "
+                "Release its holds first, or delete it with `defer` to have ZFS destroy it once the last hold is "
+                "released", errno.EBUSY)
+        result = await zfs.destroy_snapshots([s.full_name for s in doomed], defer=options["defer"])
+        gone = [*result.destroyed, *result.missing]
+        if options["defer"]:  # held or cloned ones are only marked, and stay listed until ZFS destroys them
+            left = {s.full_name for s in await zfs.list_snapshots(dataset, recursive=options["recursive"])}
+            gone = [n for n in gone if n not in left]
+        for full_name in gone:
+            publish_snapshot_event(self.app, "REMOVED", full_name)
+        if result.skipped:
+            raise CallError("Cannot delete " + "; ".join(f"{n}: {why}" for n, why in result.skipped.items()),
+                            errno.EBUSY)
+        return True
+
     @api_method(QueryArgs, roles=("SNAPSHOT_READ",), filterable=True)
     async def query(self, ctx: CallContext, filters: list[Any], options: dict[str, Any]) -> Any:
+        """Snapshots of every imported pool; `options.extra` takes TrueNAS's `properties`,
+        `retrieve_properties`, `min_txg`, `max_txg` and `holds` (see `SnapshotQueryExtra`)."""
+        try:
+            extra = SnapshotQueryExtra.model_validate(options.get("extra") or {})
+        except PydanticValidationError as exc:
+            raise pydantic_to_validation_errors(exc, "options.extra") from None
+        names = [] if not extra.retrieve_properties else (
+            list(SNAPSHOT_PROPERTIES) if extra.properties is None else extra.properties)
         zfs = Zfs(self.app.zfs_runner)
-        entries = []
+        snapshots = []
         for pool in await zfs.pools():
-            entries.extend(snapshot_entry(s) for s in await _of_pool(zfs.list_snapshots, pool.name))
-        return filter_list(entries, filters, options)
+            snapshots += await _of_pool(functools.partial(zfs.list_snapshots, properties=names), pool.name)
+        snapshots = [s for s in snapshots if (not extra.min_txg or s.createtxg >= extra.min_txg)
+                     and (not extra.max_txg or s.createtxg <= extra.max_txg)]
+        held = await _truenas_held(zfs, snapshots) if extra.holds else None
+        return filter_list([snapshot_entry(s, names, held) for s in snapshots], filters, options)
+
+
+async def _truenas_held(zfs: Zfs, snapshots: Iterable[Snapshot]) -> set[str]:
+    """Full names of the snapshots carrying the TrueNAS hold tag. Only held ones are asked about; a host
+    that cannot list tags (zfs-fuse) counts any hold."""
+    held = [s.full_name for s in snapshots if s.held]
+    if not held or not (await zfs.features()).has(Feature.LIST_HOLDS):
+        return set(held)
+    tagged = set()
+    for start in range(0, len(held), 100):  # bounded argv
+        tags = await zfs.list_holds(held[start:start + 100])
+        tagged |= {name for name, found in tags.items() if TRUENAS_HOLD_TAG in found}
+    return tagged
 
 
 async def _of_pool(lister: Callable[[str], Awaitable[list[T]]], pool: str) -> list[T]:
@@ -280,3 +480,127 @@ async def _of_pool(lister: Callable[[str], Awaitable[list[T]]], pool: str) -> li
         if exc.errno == errno.ENOENT:
             return []
         raise
+
+
+# Events -------------------------------------------------------------------------------------------------
+#
+# `pool.dataset.query` and `pool.snapshot.query` events for what this server itself creates, changes and
+# destroys: ZFS offers no change feed that every implementation has, so what the `zfs` command changes
+# behind our back shows at the next query only. Ids are dataset names and full snapshot names, as on
+# TrueNAS; ADDED and CHANGED carry the entry as the query returns it, REMOVED carries none.
+
+DATASET_EVENT = "pool.dataset.query"
+SNAPSHOT_EVENT = "pool.snapshot.query"
+
+
+def publish_dataset_event(app: App, kind: EventKind, name: str, fields: dict[str, Any] | None = None) -> None:
+    """One `pool.dataset.query` event; `fields` is the dataset's query entry (`dataset_entry`) for ADDED and
+    CHANGED. For a create that may make parents too (`zfs create -p`), `TreeWatch` finds them all."""
+    app.bus.publish(Event(DATASET_EVENT, kind, name, fields))
+
+
+def publish_snapshot_event(app: App, kind: EventKind, name: str, fields: dict[str, Any] | None = None) -> None:
+    """One `pool.snapshot.query` event; `fields` is the snapshot's query entry (`snapshot_entry`)."""
+    app.bus.publish(Event(SNAPSHOT_EVENT, kind, name, fields))
+
+
+async def publish_snapshots_added(app: App, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """ADDED, with their entries, for snapshots this server just took (one listing per dataset); returns the
+    entries by full name. A snapshot already gone again is left out."""
+    wanted = list(dict.fromkeys(names))
+    zfs = Zfs(app.zfs_runner)
+    entries: dict[str, dict[str, Any]] = {}
+    for dataset in dict.fromkeys(split_snapshot_name(name)[0] for name in wanted):
+        snapshots = await _of_pool(lambda ds: _listed_snapshots(zfs, ds, recursive=False), dataset)
+        entries.update((s.full_name, snapshot_entry(s)) for s in snapshots if s.full_name in wanted)
+    for name in wanted:
+        if name in entries:
+            publish_snapshot_event(app, "ADDED", name, entries[name])
+    return entries
+
+
+async def _listed_snapshots(zfs: Zfs, root: str, *, recursive: bool) -> list[Snapshot]:
+    """Snapshots read as `pool.snapshot.query` reads them by default, for `snapshot_entry`."""
+    return await zfs.list_snapshots(root, recursive=recursive, properties=SNAPSHOT_PROPERTIES)
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """A dataset tree as the queries show it: entries by dataset name and by full snapshot name."""
+
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def list_tree(zfs: Zfs, root: str) -> TreeListing:
+    """`root` and everything below it; empty when `root` does not exist."""
+    try:
+        datasets = await zfs.list_datasets(root)
+        snapshots = await _listed_snapshots(zfs, root, recursive=True)
+    except CallError as exc:
+        if exc.errno == errno.ENOENT:
+            return TreeListing()
+        raise
+    return TreeListing({d.name: dataset_entry(d) for d in datasets},
+                       {s.full_name: snapshot_entry(s) for s in snapshots})
+
+
+def publish_tree_changes(app: App, before: TreeListing, after: TreeListing) -> None:
+    """The events that turn `before` into `after`, in an order a client can apply: snapshots go before
+    their datasets, datasets (parents first) arrive before their snapshots. Datasets whose entry differs are
+    CHANGED; snapshots are not (their space accounting shifts with every later write)."""
+    for name in before.snapshots.keys() - after.snapshots.keys():
+        publish_snapshot_event(app, "REMOVED", name)
+    for name in sorted(before.datasets.keys() - after.datasets.keys(), key=lambda n: -n.count("/")):
+        publish_dataset_event(app, "REMOVED", name)
+    for name, entry in sorted(after.datasets.items()):
+        if name not in before.datasets:
+            publish_dataset_event(app, "ADDED", name, entry)
+        elif before.datasets[name] != entry:
+            publish_dataset_event(app, "CHANGED", name, entry)
+    for name, entry in after.snapshots.items():
+        if name not in before.snapshots:
+            publish_snapshot_event(app, "ADDED", name, entry)
+
+
+class TreeWatch:
+    """Publishes what changed at and below one local dataset between `start` and `finish`: for work whose
+    results cannot be named beforehand (a replication run's receives, -R streams included; `zfs create -p`).
+
+    Only the dataset's own tree is listed when it exists; otherwise the topmost of its missing ancestors'
+    (everything that appears there is new), so a whole pool is never listed to see a few datasets arrive.
+    Listing problems are logged, never raised: they must not change the outcome of the work watched.
+    """
+
+    def __init__(self, app: App, dataset: str):
+        self.app = app
+        self.dataset = dataset
+        self.zfs = Zfs(app.zfs_runner)
+        self.root = dataset
+        self.before = TreeListing()
+
+    async def start(self) -> None:
+        try:
+            self.root = await self._root()
+            self.before = await list_tree(self.zfs, self.root)
+        except CallError as exc:
+            logger.warning("Cannot list %s: its pool.dataset/pool.snapshot events are not sent (%s)",
+                           self.dataset, exc)
+
+    async def finish(self) -> None:
+        try:
+            after = await list_tree(self.zfs, self.root)
+        except CallError as exc:
+            logger.warning("Cannot list %s: its pool.dataset/pool.snapshot events are not sent (%s)",
+                           self.dataset, exc)
+            return
+        publish_tree_changes(self.app, self.before, after)
+
+    async def _root(self) -> str:
+        """The dataset if it exists, else its topmost ancestor that does not (a missing pool's name included)."""
+        if await self.zfs.exists(self.dataset):
+            return self.dataset
+        top, parent = self.dataset, self.dataset.rpartition("/")[0]
+        while parent and not await self.zfs.exists(parent):
+            top, parent = parent, parent.rpartition("/")[0]
+        return top

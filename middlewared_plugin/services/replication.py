@@ -3,7 +3,8 @@ methods the task wizard uses (dataset and snapshot listings on either side, nami
 
 Stored documents are the create shape: `ssh_credentials` is a credential id, `periodic_snapshot_tasks` a
 list of snapshot task ids (the binding lives here; `snapshot_task_deleted` drops a deleted task's id), and
-`naming_schema` is TrueNAS's shared column: PUSH tasks keep `also_include_naming_schema` there. `extend`
+`naming_schema` is TrueNAS's shared column: PUSH tasks keep `also_include_naming_schema` there. Each also
+keeps `jobs_after` (JOBS_AFTER), which `extend` uses to find the task's own jobs and never shows. `extend`
 turns ids into objects and adds `state`, `job`, `schedule_description` and `has_encrypted_dataset_keys`.
 
 Other services ask this one: keychaincredential through `credential_users`, pool.snapshottask through
@@ -23,7 +24,9 @@ from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.events import Event
 from middlewared_plugin.jobs.job import JobState
 from middlewared_plugin.protocol import ejson
+from middlewared_plugin.remote.names import is_this_host
 from middlewared_plugin.remote.runner import CommandFailed
+from middlewared_plugin.replication.executor import TRUENAS_KEY_LOCATION
 from middlewared_plugin.replication.state import ReplicationStates
 from middlewared_plugin.scheduling.schedule import describe
 from middlewared_plugin.services.base import (
@@ -53,6 +56,7 @@ from middlewared_plugin.services.replication_validation import Facts, check_task
 from middlewared_plugin.services.snapshottask import SnapshotTaskBinding
 from middlewared_plugin.snapshots.naming import format_snapshot_name, name_regex_matches, parse_snapshot_name
 from middlewared_plugin.zfs.commands import Zfs
+from middlewared_plugin.zfs.features import Feature
 from middlewared_plugin.zfs.types import is_same_or_descendant
 
 if TYPE_CHECKING:
@@ -60,6 +64,11 @@ if TYPE_CHECKING:
 
 WRITE = ("REPLICATION_TASK_WRITE",)
 RUN_METHOD = "replication.run"
+#: Kept in each stored task, never shown: the last job id handed out before the task was created. Older
+#: `replication.run` jobs naming its id ran something else: a deleted task that had the same id (databases from
+#: before ids stopped being reused) or an id that did not exist yet. Job ids only grow, so unlike clock times
+#: this cannot go wrong.
+JOBS_AFTER = "jobs_after"
 SNAPSHOT_TASK_SERVICE = "pool.snapshottask"
 #: Datasets `list_datasets` never offers: boot pools and the system dataset.
 _HIDDEN_DATASET = re.compile(r"^(boot-pool|freenas-boot)(/|$)|^[^/]+/\.system(/|$)")
@@ -81,6 +90,75 @@ def _common_parent(names: list[str]) -> str:
             break
         common.append(parts[0])
     return "/".join(common)
+
+
+class EncryptionKeys:
+    """TrueNAS's `has_encrypted_dataset_keys` rule, on what this server keeps.
+
+    TrueNAS reports, for PUSH tasks only, whether `pool.dataset.export_keys_for_replication` would export any
+    key: the keys it stores of the encryption roots a task sends. Per source: the source's own encryption root
+    when the source inherits its key, nothing when it is not encrypted, else the source itself and, for a
+    recursive task, the encryption roots below it. TrueNAS stores a dataset's hex key when it creates the
+    dataset, and when a replication creates one with `encryption_key_location: "$TrueNAS"` on this machine
+    (zettarepl records it after the run; passphrases are never stored). This server creates no encrypted
+    datasets of its own, so the keys it holds are those of the second kind: the HEX "$TrueNAS" keys of tasks
+    whose target is here (LOCAL, or PULL), for each source's target while it exists as its own encryption root
+    (that is, once a run has made it one).
+    """
+
+    def __init__(self, zfs: Zfs, stored_tasks: list[dict[str, Any]]):
+        self.zfs = zfs
+        self._candidates = {
+            target_dataset_for(task["source_datasets"], task["target_dataset"], source)
+            for task in stored_tasks
+            if task.get("encryption") and not task.get("encryption_inherit") and task.get("encryption_key")
+            and task.get("encryption_key_format") == "HEX"
+            and task.get("encryption_key_location") == TRUENAS_KEY_LOCATION
+            and (task["transport"] == "LOCAL" or task["direction"] == "PULL")
+            for source in task["source_datasets"]
+        }
+        self._roots: dict[str, str | None] = {}
+        self._keyed: set[str] | None = None
+
+    async def exportable_for(self, task: dict[str, Any]) -> bool:
+        if task["direction"] != "PUSH":
+            return False
+        keyed = await self._keyed_roots()
+        if not keyed:
+            return False
+        for source in task["source_datasets"]:
+            root = await self._encryption_root(source)
+            if root is None:
+                continue
+            if root != source:
+                if root in keyed:
+                    return True
+            elif any(is_same_or_descendant(k, source) if task["recursive"] else k == source for k in keyed):
+                return True
+        return False
+
+    async def _keyed_roots(self) -> set[str]:
+        """The candidates that are their own encryption root now."""
+        if self._keyed is None:
+            self._keyed = set()
+            try:
+                if self._candidates and (await self.zfs.features()).has(Feature.ENCRYPTION):
+                    self._keyed = {c for c in self._candidates if await self._encryption_root(c) == c}
+            except CallError:
+                # This server's ZFS does not answer: no key can be shown to be exportable.
+                pass
+        return self._keyed
+
+    async def _encryption_root(self, dataset: str) -> str | None:
+        """The dataset's encryption root; None when it is not encrypted or does not exist (on TrueNAS a
+        missing source finds only its own stored key, and a key is only known here for a dataset that exists)."""
+        if dataset not in self._roots:
+            try:
+                root = (await self.zfs.get_properties(dataset, ["encryptionroot"]))["encryptionroot"]
+            except CallError:
+                root = None
+            self._roots[dataset] = root or None
+        return self._roots[dataset]
 
 
 class ReplicationService(CRUDService):
@@ -142,10 +220,11 @@ class ReplicationService(CRUDService):
     async def extend(self, ctx: CallContext, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         credentials = {c["id"]: c for c in await self.app.service("keychaincredential").stored()}
         snapshot_tasks = await self._snapshot_task_objects()
-        jobs = self._run_jobs()
+        jobs = self._run_jobs({doc["id"]: doc.get(JOBS_AFTER, 0) for doc in entries})
         extended = []
         for doc in entries:
             entry = dict(doc)
+            entry.pop(JOBS_AFTER, None)
             shared = entry.pop("naming_schema", [])
             entry["naming_schema"] = [] if entry["direction"] == "PUSH" else shared
             entry["also_include_naming_schema"] = shared if entry["direction"] == "PUSH" else []
@@ -160,10 +239,18 @@ class ReplicationService(CRUDService):
             entry["state"] = state
             job = jobs.get(entry["id"])
             entry["job"] = job.to_json(raw_result=False) if job is not None else None
-            # No dataset keys are kept by this server, so no task can carry any.
+            # Computed only when a query asks for it (`entries`), as on TrueNAS.
             entry["has_encrypted_dataset_keys"] = False
             extended.append(entry)
         return extended
+
+    async def entries(self, ctx: CallContext, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        entries = await super().entries(ctx, extra)
+        if (extra or {}).get("check_dataset_encryption_keys") and any(e["direction"] == "PUSH" for e in entries):
+            keys = EncryptionKeys(Zfs(self.app.zfs_runner), await self.stored())
+            for entry in entries:
+                entry["has_encrypted_dataset_keys"] = await keys.exportable_for(entry)
+        return entries
 
     async def _snapshot_task_objects(self) -> dict[int, dict[str, Any]]:
         """Snapshot task entries as a replication entry nests them: no `vmware_sync`, `state` as JSON text."""
@@ -182,13 +269,16 @@ class ReplicationService(CRUDService):
         service = self.app.services.get(SNAPSHOT_TASK_SERVICE)
         return {} if service is None else {t["id"]: t for t in await service.stored()}
 
-    def _run_jobs(self) -> dict[Any, Any]:
-        """Task id -> its latest `replication.run` job; a running one wins over newer queued ones."""
+    def _run_jobs(self, jobs_after: dict[int, int]) -> dict[Any, Any]:
+        """Task id (of `jobs_after`: task id -> its JOBS_AFTER) -> its latest `replication.run` job since it was
+        created; a running one wins over newer queued ones."""
         chosen: dict[Any, Any] = {}
         for job in sorted(self.app.jobs.jobs.values(), key=lambda j: j.id):
             if job.method != RUN_METHOD or not job.arguments:
                 continue
             task_id = job.arguments[0]
+            if task_id not in jobs_after or job.id <= jobs_after[task_id]:
+                continue
             current = chosen.get(task_id)
             if current is None or current.state is not JobState.RUNNING or job.state is JobState.RUNNING:
                 chosen[task_id] = job
@@ -219,17 +309,42 @@ class ReplicationService(CRUDService):
             known = await self._stored_snapshot_tasks()
             snapshot_tasks = [known.get(i) for i in data["periodic_snapshot_tasks"]]
         credential_error = None
+        credential: dict[str, Any] | None = None
         if data["transport"] != "LOCAL" and data["ssh_credentials"] is not None:
             try:
-                await self.app.service("keychaincredential").get_of_type(
+                credential = await self.app.service("keychaincredential").get_of_type(
                     CallContext(self.app, None), data["ssh_credentials"], SSH_CREDENTIALS)
             except CallError as exc:
                 credential_error = str(exc)
         may_pull = not (ctx.has_role("REPLICATION_TASK_WRITE") and not ctx.has_role("REPLICATION_TASK_WRITE_PULL"))
-        check_task(verrors, schema, data, Facts(name_taken, snapshot_tasks, credential_error, may_pull))
+        destination = await self._destination_facts(data, credential)
+        check_task(verrors, schema, data, Facts(name_taken, snapshot_tasks, credential_error, may_pull,
+                                                **destination))
         if (data["direction"] == "PUSH" and data["transport"] != "LOCAL" and data["ssh_credentials"] is not None
                 and credential_error is None):
             await self._check_remote_target(verrors, schema, data)
+
+    async def _destination_facts(self, data: dict[str, Any], credential: dict[str, Any] | None) -> dict[str, Any]:
+        """What is known before a run about where the data lands: whether it is the sources' own host, and,
+        when it is this server (LOCAL and PULL tasks), its pools and whether its ZFS has native encryption.
+        A remote destination is checked when it answers: `replication.plan` reports what is wrong there."""
+        local_zfs = self.app.settings.local_zfs_ssh
+        if data["transport"] == "LOCAL":
+            same_host = True
+        else:
+            host = str(((credential or {}).get("attributes") or {}).get("host", ""))
+            # This server's ZFS may itself live on another host (`local_zfs_ssh`): then that host is "here".
+            same_host = host == local_zfs["host"] if local_zfs else is_this_host(host)
+        if data["transport"] != "LOCAL" and data["direction"] == "PUSH":
+            return {"same_host": same_host}
+        zfs = Zfs(self.app.zfs_runner)
+        try:
+            pools = frozenset(pool.name for pool in await zfs.pools())
+            encryption = (await zfs.features()).has(Feature.ENCRYPTION)
+        except CallError:
+            # This server's ZFS does not answer: nothing is known to refuse, the run reports it.
+            return {"same_host": same_host}
+        return {"same_host": same_host, "target_pools": pools, "target_encryption": encryption}
 
     async def _check_remote_target(self, verrors: ValidationErrors, schema: str, data: dict[str, Any]) -> None:
         """Refuse an existing zvol as the remote target (a stream of filesystems cannot be received into one)."""
@@ -247,6 +362,11 @@ class ReplicationService(CRUDService):
         also_include = doc.pop("also_include_naming_schema")
         if doc["direction"] == "PUSH":
             doc["naming_schema"] = also_include
+        if old is None:
+            doc[JOBS_AFTER] = self.app.jobs.last_id
+        else:
+            # Entries never show it: carried over from the stored task (0 for tasks from before it existed).
+            doc[JOBS_AFTER] = ((await self.stored_one(old["id"])) or {}).get(JOBS_AFTER, 0)
         return doc
 
     async def after_delete(self, ctx: CallContext, entry: dict[str, Any]) -> None:
@@ -257,7 +377,8 @@ class ReplicationService(CRUDService):
     async def set_state(self, task_id: int, state: dict[str, Any]) -> None:
         """Record a task's new state (from the engine) and send the partial `replication.query` CHANGED event."""
         current = await self.states.set(task_id, state)
-        job = self._run_jobs().get(task_id)
+        stored = await self.stored_one(task_id)
+        job = self._run_jobs({task_id: stored.get(JOBS_AFTER, 0)} if stored else {}).get(task_id)
         fields = {"state": {
             **current,
             "job": job.to_json(raw_result=False) if job is not None else None,
@@ -306,20 +427,21 @@ class ReplicationService(CRUDService):
                 kept = [i for i in task["periodic_snapshot_tasks"] if i != task_id]
                 await self.save_fields(task["id"], periodic_snapshot_tasks=kept)
 
-    async def dataset_attachments(self, dataset: str) -> list[Attachment]:
-        """Tasks whose local datasets lie on `dataset` or below it: the sources of PUSH tasks, the target of
-        PULL tasks, both for LOCAL ones. After its periodic snapshot tasks in `order`: it depends on them."""
+    async def dataset_attachments(self) -> list[Attachment]:
+        """Every task with its local datasets: the sources of PUSH tasks, the target of PULL tasks, both for
+        LOCAL ones. After its periodic snapshot tasks in `order`: it depends on them."""
         found = []
         for task in await self.stored():
             local = [*(task["source_datasets"] if task["direction"] == "PUSH" or task["transport"] == "LOCAL"
                        else []),
                      *([task["target_dataset"]] if task["direction"] == "PULL" or task["transport"] == "LOCAL"
                        else [])]
-            if any(is_same_or_descendant(name, dataset) for name in local):
-                found.append(Attachment(
-                    "Replication", task["name"], task["enabled"], order=1,
-                    delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
-                    toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled)))
+            found.append(Attachment(
+                "Replication", task["name"], task["enabled"], order=1,
+                delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
+                toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled),
+                delegate="replication", datasets=tuple(local),
+                entry=lambda id=task["id"]: self.get_instance(CallContext(self.app, None), id)))
         return found
 
     # Helper methods -------------------------------------------------------------------------------------
@@ -461,12 +583,13 @@ class ReplicationService(CRUDService):
 
     @api_method(PairArgs, private=True)
     async def pair(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
-        """Legacy pairing: authorize a remote's public key here (keychaincredential.ssh_pair), old result names."""
-        paired = await self.app.service("keychaincredential").ssh_pair(ctx, {
-            "remote_hostname": data["hostname"],
-            "username": data["user"] or "root",
-            "public_key": data["public-key"],
-        })
+        """Legacy pairing: authorize a remote's public key here (as keychaincredential.ssh_pair), old result names.
+
+        Full admins only (private). Unlike the semi-automatic setup, TrueNAS's legacy pairing never changes
+        the account's shell.
+        """
+        paired = await self.app.service("keychaincredential").pair_here(
+            ctx, data["user"] or "root", data["public-key"], give_shell=False)
         return {"ssh_port": paired["port"], "ssh_hostkey": paired["host_key"]}
 
 

@@ -15,7 +15,8 @@ from pydantic_core import PydanticCustomError
 
 from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.services.base import ApiModel, NonEmptyStr, Private
-from middlewared_plugin.services.common import SnapshotNameSchema
+from middlewared_plugin.services.common import DatasetName, SnapshotNameSchema, SshUsername
+from middlewared_plugin.services.keychain import PairingPublicKey
 
 T = TypeVar("T")
 
@@ -111,8 +112,8 @@ class ReplicationCreate(ApiModel):
     netcat_active_side_port_max: TcpPort | None = None
     netcat_passive_side_connect_address: str | None = None
     sudo: bool = False
-    source_datasets: Annotated[list[str], Field(min_length=1)]
-    target_dataset: str
+    source_datasets: Annotated[list[DatasetName], Field(min_length=1)]
+    target_dataset: DatasetName
     recursive: bool
     exclude: list[str] = []
     properties: bool = True
@@ -151,7 +152,7 @@ class ReplicationCreate(ApiModel):
 
 class ReplicationRestore(ApiModel):
     name: NonEmptyStr
-    target_dataset: str
+    target_dataset: DatasetName
 
 
 class RestoreArgs(ApiModel):
@@ -165,13 +166,13 @@ class ListDatasetsArgs(ApiModel):
 
 
 class CreateDatasetArgs(ApiModel):
-    dataset: str
+    dataset: DatasetName
     transport: Transport
     ssh_credentials: int | None = None
 
 
 class CountEligibleManualSnapshots(ApiModel):
-    datasets: Annotated[list[str], Field(min_length=1)]
+    datasets: Annotated[list[DatasetName], Field(min_length=1)]
     naming_schema: list[SnapshotNameSchema] = []
     name_regex: NonEmptyStr | None = None
     transport: Transport
@@ -184,8 +185,8 @@ class CountEligibleManualSnapshotsArgs(ApiModel):
 
 class TargetUnmatchedSnapshotsArgs(ApiModel):
     direction: Direction
-    source_datasets: Annotated[list[str], Field(min_length=1)]
-    target_dataset: str
+    source_datasets: Annotated[list[DatasetName], Field(min_length=1)]
+    target_dataset: DatasetName
     transport: Transport
     ssh_credentials: int | None = None
 
@@ -197,8 +198,8 @@ class NewSnapshotNameArgs(ApiModel):
 
 class PairRequest(ApiModel):
     hostname: str
-    public_key: str = Field(alias="public-key")
-    user: str | None = None
+    public_key: PairingPublicKey = Field(alias="public-key")
+    user: SshUsername | None = None
 
 
 class PairArgs(ApiModel):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.jobs.job import Job
+from middlewared_plugin.remote.ssh import SshUnreachable
 from middlewared_plugin.replication.admission import Footprint, overlaps
 from middlewared_plugin.replication.engine import make_transport, pending_snapshots_owner, plan_task, run_task
 from middlewared_plugin.replication.executor import Progress
@@ -22,6 +23,7 @@ from middlewared_plugin.replication.slots import RunSlots
 from middlewared_plugin.replication.transports.base import Transport
 from middlewared_plugin.scheduling.schedule import Schedule
 from middlewared_plugin.services.base import CallContext
+from middlewared_plugin.services.pool import TreeWatch
 from middlewared_plugin.units import format_bytes
 
 if TYPE_CHECKING:
@@ -42,6 +44,14 @@ def as_sentence(error: BaseException) -> str:
     text = text.strip() or type(error).__name__
     text = text[0].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def run_errno(error: BaseException) -> int:
+    """The errno a failed run reports: an SSH host that cannot be used at all is EACCES, as `list_datasets`
+    reports the same host (TrueNAS's errno for SSH problems), whatever the connection error was."""
+    if isinstance(error, SshUnreachable):
+        return errno.EACCES
+    return error.errno if isinstance(error, CallError) else errno.EFAULT
 
 
 def progress_description(p: Progress) -> str:
@@ -67,6 +77,11 @@ def progress_extra(p: Progress) -> dict[str, Any]:
         "rate": p.rate,
         "eta": p.eta,
     }
+
+
+def target_is_local(task: dict[str, Any]) -> bool:
+    """Whether the task's target dataset is in this server's own pools."""
+    return task["transport"] == "LOCAL" or task["direction"] == "PULL"
 
 
 def footprint(task_key: int | str, task: dict[str, Any]) -> Footprint:
@@ -210,12 +225,19 @@ class ReplicationRuns:
                 job.set_progress(0, "Listing snapshots")
                 try:
                     transport = await self.transport_for(task)
+                    # pool.dataset/pool.snapshot events for what the run did to a target in this server's pools:
+                    # whatever happened, aborted runs included.
+                    watch = TreeWatch(self.app, task["target_dataset"]) if target_is_local(task) else None
+                    if watch is not None:
+                        await watch.start()
                     try:
                         result = await run_task(task, transport, progress=progress, log=job.log,
                                                 now=_wall_clock_now(), mount=mount,
                                                 only_from_scratch=only_from_scratch)
                     finally:
                         await transport.close()
+                        if watch is not None:
+                            await watch.finish()
                 except (Exception, asyncio.CancelledError) as exc:
                     await fail(exc)
                     raise
@@ -223,7 +245,8 @@ class ReplicationRuns:
                 for line in warnings:
                     job.log(f"Warning: {line}")
                 job.log(f"Finished: {len(result.snapshots_sent)} snapshot(s) sent, "
-                        f"{format_bytes(result.bytes_sent)}, {len(result.destroyed)} destroyed")
+                        f"{format_bytes(result.bytes_sent)}, {len(result.destroyed)} destroyed, "
+                        f"{len(result.rolled_back)} rolled back")
                 finished: dict[str, Any] = {"state": "FINISHED", "warnings": warnings}
                 if result.snapshots_sent:
                     finished["last_snapshot"] = result.source_snapshots_sent[-1]
@@ -233,7 +256,7 @@ class ReplicationRuns:
             raise
         except Exception as exc:
             await fail(exc)
-            raise CallError(as_sentence(exc), exc.errno if isinstance(exc, CallError) else errno.EFAULT) from exc
+            raise CallError(as_sentence(exc), run_errno(exc)) from exc
 
     # Source retention -------------------------------------------------------------------------------------
 

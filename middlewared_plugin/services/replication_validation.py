@@ -2,8 +2,10 @@
 
 The service gathers the facts that need I/O (is the name taken, which bound snapshot tasks exist, does
 the credential resolve, may the caller use PULL) and `check_task` applies every rule in TrueNAS's order:
-unique name, direction, transport, source datasets, common. All problems are collected, each with its
-attribute path under `schema` (`replication_create`, `replication_update`, `replication_run_onetime`).
+unique name, direction, transport, source datasets, common; then ours: where the destination lies. All
+problems are collected, each with its attribute path under `schema` (`replication_create`,
+`replication_update`, `replication_run_onetime`). Dataset names themselves are checked by the argument
+models (the grammar of `zfs/names.py`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ class Facts:
     credential_error: str | None = None
     #: False when the caller holds REPLICATION_TASK_WRITE without REPLICATION_TASK_WRITE_PULL.
     may_pull: bool = True
+    #: Source and destination are on one host (LOCAL, or SSH to this machine): they must not overlap.
+    same_host: bool = False
+    #: The pools of the destination's host when that is this server (None: not known at create time).
+    target_pools: frozenset[str] | None = None
+    #: Whether the destination's host has native encryption (None: not known at create time).
+    target_encryption: bool | None = None
 
 
 class _Errors:
@@ -56,6 +64,7 @@ def check_task(verrors: ValidationErrors, schema: str, data: dict[str, Any], fac
     _check_transport(errors, data, facts)
     _check_source_datasets(errors, data, tasks)
     _check_common(errors, data, tasks)
+    _check_destination(errors, data, facts)
 
 
 def _check_direction(errors: _Errors, data: dict[str, Any], facts: Facts) -> list[dict[str, Any]]:
@@ -223,3 +232,25 @@ def _check_common(errors: _Errors, data: dict[str, Any], tasks: list[dict[str, A
             if not task["enabled"]:
                 errors.add(f"periodic_snapshot_tasks.{i}",
                            "You can't bind disabled periodic snapshot task to enabled replication task")
+
+
+def _check_destination(errors: _Errors, data: dict[str, Any], facts: Facts) -> None:
+    """Where the data would land: never over or under its own source, on a pool and a ZFS that exist."""
+    target: str = data["target_dataset"]
+    if facts.same_host:
+        for source in data["source_datasets"]:
+            if target == source:
+                problem = f"is the source dataset {source!r}"
+            elif is_same_or_descendant(target, source):
+                problem = f"is inside the source dataset {source!r}"
+            elif is_same_or_descendant(source, target):
+                problem = f"contains the source dataset {source!r}"
+            else:
+                continue
+            errors.add("target_dataset", f"The destination {target!r} {problem} on the same system: replicating "
+                                         "would overwrite the data being replicated")
+    pool = target.split("/", 1)[0]
+    if facts.target_pools is not None and pool not in facts.target_pools:
+        errors.add("target_dataset", f"Pool {pool!r} does not exist on this system")
+    if data["encryption"] and facts.target_encryption is False:
+        errors.add("encryption", "ZFS on this system does not support native encryption")

@@ -36,6 +36,7 @@ from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.scheduling.schedule import Schedule, validate_schedule
 from middlewared_plugin.services.base import ApiModel, CallContext, CRUDService, IdArgs, api_method
 from middlewared_plugin.services.common import SnapshotNameSchema
+from middlewared_plugin.services.pool import publish_snapshot_event, publish_snapshots_added
 from middlewared_plugin.snapshots.retention import SnapshotOwner, removal_date_property_name
 from middlewared_plugin.snapshots.taker import (
     PeriodicTask,
@@ -50,7 +51,7 @@ from middlewared_plugin.snapshots.taker import (
 )
 from middlewared_plugin.snapshots.task_state import TaskStates, periodic_snapshot_task_key
 from middlewared_plugin.zfs.commands import Zfs
-from middlewared_plugin.zfs.types import is_same_or_descendant, split_snapshot_name
+from middlewared_plugin.zfs.types import split_snapshot_name
 
 logger = logging.getLogger(__name__)
 
@@ -269,13 +270,16 @@ class PeriodicSnapshotTaskService(CRUDService):
             if unbind is not None:
                 await unbind(entry["id"])
 
-    async def dataset_attachments(self, dataset: str) -> list[Attachment]:
-        """Tasks on `dataset` or below it (a recursive task on a parent is not: deleting a child leaves it)."""
+    async def dataset_attachments(self) -> list[Attachment]:
+        """Every task, using its dataset only (a recursive task on a parent does not use a child: deleting
+        the child leaves it)."""
         return [
             Attachment("Snapshot Task", task["dataset"], task["enabled"], order=0,
                        delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
-                       toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled))
-            for task in await self.stored() if is_same_or_descendant(task["dataset"], dataset)
+                       toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled),
+                       delegate="snapshottask", datasets=(task["dataset"],),
+                       entry=lambda id=task["id"]: self.get_instance(CallContext(self.app, None), id))
+            for task in await self.stored()
         ]
 
     # Public methods --------------------------------------------------------------------------------
@@ -349,12 +353,12 @@ class PeriodicSnapshotTaskService(CRUDService):
         listed = await self._owned_listing(task)
         return _group(owned_snapshots(task, listed)) if listed else {}
 
-    @api_method(private=True, roles=(READ,))
+    @api_method(private=True)
     async def removal_date_property(self, ctx: CallContext) -> str:
         """The user property holding a snapshot's fixated removal date."""
         return self.removal_date_property_name
 
-    @api_method(FixateRemovalDateArgs, private=True, roles=(WRITE,), job=True,
+    @api_method(FixateRemovalDateArgs, private=True, job=True,
                 lock=lambda args: f"pool.snapshottask.fixate_removal_date:{args[1]['dataset'].split('/')[0]}")
     async def fixate_removal_date(self, ctx: CallContext, datasets: dict[str, list[str]], task: dict[str, Any]) -> None:
         """Write each snapshot's current expiry under `task` into the removal-date property."""
@@ -442,6 +446,11 @@ class PeriodicSnapshotTaskService(CRUDService):
                 "state": "FINISHED", "datetime": datetime.now(UTC),
                 "last_snapshot": result.snapshots[0] if result.snapshots else last_snapshot,
             })
+        if result.snapshots and not result.shared:  # a shared one was announced by the task that took it
+            try:
+                await publish_snapshots_added(self.app, result.snapshots)
+            except CallError as e:  # the snapshot was taken all the same
+                logger.warning("Cannot read back %s for pool.snapshot.query events: %s", result.snapshots[0], e)
         if result.snapshots:
             await self._snapshots_taken(task, result.snapshots)
         return result
@@ -477,6 +486,7 @@ class PeriodicSnapshotTaskService(CRUDService):
                 return
         for name in report.destroyed:
             logger.info("Retention destroyed %s", name)
+            publish_snapshot_event(self.app, "REMOVED", name)
         for name, reason in report.refused.items():
             logger.warning("Retention could not destroy %s: %s", name, reason)
         for dataset, reason in report.skipped_datasets.items():

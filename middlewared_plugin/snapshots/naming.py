@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 
-ALLOWED_CHARACTERS = re.compile(r"[^0-9A-Za-z %_.:-]")
+from middlewared_plugin.zfs.names import characters_message, disallowed_characters
+
 REQUIRED_DIRECTIVES = ("%Y", "%m", "%d", "%H", "%M")
 
 
@@ -45,10 +46,11 @@ def naming_schema_errors(schema: str) -> list[str]:
     """Why `schema` is unusable (empty list when it is fine). Messages are TrueNAS's/zettarepl's."""
     if "%%" in schema:
         return ["% is not an allowed character in ZFS snapshot name"]
-    if bad := ALLOWED_CHARACTERS.findall(schema):
-        if len(bad) == 1:
+    # A schema is a snapshot name component with strftime's `%` directives in it.
+    if bad := disallowed_characters(schema, also_allowed="%"):
+        if len(set(bad)) == 1:
             return [f"{bad[0]} is not an allowed character in ZFS snapshot name"]
-        return [f"{''.join(bad)} are not allowed characters in ZFS snapshot name"]
+        return [f"{characters_message(bad)} in ZFS snapshot name"]
     if "%s" in schema:
         if re.search(r"%[^s]", schema):
             return ["No other placeholder can be used with %s in naming schema"]

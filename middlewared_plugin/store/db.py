@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from middlewared_plugin.store import migrations
+from middlewared_plugin.store.datadir import open_private
 
 T = TypeVar("T")
 
@@ -51,6 +53,8 @@ class Store:
         self._tx_db: sqlite_utils.Database | None = None
 
     def _open(self) -> None:
+        # Created private before SQLite sees it: SQLite gives its -wal and -shm files the database's mode.
+        os.close(open_private(self.path, os.O_RDWR))
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db = sqlite_utils.Database(conn)
         db.enable_wal()
@@ -113,6 +117,13 @@ class Store:
             row = db.execute(f"SELECT data FROM [{table}] WHERE id = ?", [id]).fetchone()
             return json.loads(row[0]) if row else None
         return await self._run(lambda: _get(self._db))  # type: ignore[arg-type]
+
+    async def last_id(self, table: str) -> int:
+        """The highest id `table` ever held, deleted rows included (AUTOINCREMENT's high-water mark); 0 if none."""
+        def _last_id(db: sqlite_utils.Database) -> int:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [table]).fetchone()
+            return int(row[0]) if row else 0
+        return await self._run(lambda: _last_id(self._db))  # type: ignore[arg-type]
 
     async def all(self, table: str) -> list[tuple[int, dict[str, Any]]]:
         def _all(db: sqlite_utils.Database) -> list[tuple[int, dict[str, Any]]]:

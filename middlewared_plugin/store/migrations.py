@@ -32,9 +32,33 @@ def _m002_pool_table(db: sqlite_utils.Database) -> None:
     db["pool"].create({"id": int, "data": str}, pk="id", if_not_exists=True)
 
 
+#: Tables whose ids are handed out by SQLite and kept by clients (task, credential, key, user, pool and job ids).
+ID_TABLES = (*DOCUMENT_TABLES, "pool")
+
+
+def _m003_ids_never_reused(db: sqlite_utils.Database) -> None:
+    """Rebuild the id tables with `INTEGER PRIMARY KEY AUTOINCREMENT`, rows and ids kept.
+
+    A plain INTEGER PRIMARY KEY hands out max(id) + 1, so deleting the newest row (a replication task, a
+    credential, a pool record) gave its id to the next one, and whatever clients or other rows still knew by
+    that id (a job, a run state, a saved link) pointed at the newcomer. AUTOINCREMENT keeps the highest id
+    ever used in `sqlite_sequence`. SQLite cannot add it to an existing table, hence the copy (the documented
+    create-copy-drop-rename procedure; renaming carries the `sqlite_sequence` row along). sqlite-utils cannot
+    write it either: `Table.create` has no such option (only the private `create_table_sql(_autoincrement=)`)
+    and `transform()` keeps an AUTOINCREMENT the table already has but never adds one; so plain SQL.
+    """
+    for name in ID_TABLES:
+        new = f"{name}__autoincrement"
+        db.execute(f"CREATE TABLE [{new}] ([id] INTEGER PRIMARY KEY AUTOINCREMENT, [data] TEXT)")
+        db.execute(f"INSERT INTO [{new}] ([id], [data]) SELECT [id], [data] FROM [{name}] ORDER BY [id]")
+        db.execute(f"DROP TABLE [{name}]")
+        db.execute(f"ALTER TABLE [{new}] RENAME TO [{name}]")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_document_tables,
     _m002_pool_table,
+    _m003_ids_never_reused,
 ]
 
 

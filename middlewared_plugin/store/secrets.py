@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from middlewared_plugin.errors import CallError
+from middlewared_plugin.store.datadir import open_private
 
 _PREFIX = "fernet:"
 
@@ -26,7 +27,7 @@ class SecretBox:
         if key_file.exists():
             return key_file.read_bytes().strip()
         key = Fernet.generate_key()
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_private(key_file, os.O_WRONLY | os.O_EXCL)
         with os.fdopen(fd, "wb") as f:
             f.write(key)
         return key

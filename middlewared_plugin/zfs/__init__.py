@@ -2,10 +2,20 @@
 
 - `Zfs(runner)`: list, create, snapshot, destroy, hold, properties, rollback on one host.
 - `detect_features(runner)` / `Features.require(...)`: what that host's ZFS can do, found by probes.
-- `send_argv`, `resume_send_argv`, `recv_argv`, `recv_abort_argv`: pure builders for replication pipelines.
+- `send_argv`, `resume_send_argv`, `recv_argv`, `recv_abort_argv`: pure builders for replication pipelines;
+  `is_modified_refusal`: whether a receive was refused because its target changed; `import_pool_argv`.
+- `names`: the one grammar of pool, dataset, snapshot, hold tag and property names (none reads as an option).
 - `Dataset`, `Snapshot`, `Pool`, `DestroyResult`: the values the rest of the engine reasons about.
 """
-from middlewared_plugin.zfs.commands import Zfs, recv_abort_argv, recv_argv, resume_send_argv, send_argv
+from middlewared_plugin.zfs.commands import (
+    Zfs,
+    import_pool_argv,
+    is_modified_refusal,
+    recv_abort_argv,
+    recv_argv,
+    resume_send_argv,
+    send_argv,
+)
 from middlewared_plugin.zfs.features import Feature, Features, detect_features, forget_features
 from middlewared_plugin.zfs.types import (
     Dataset,
@@ -28,6 +38,8 @@ __all__ = [
     "Zfs",
     "detect_features",
     "forget_features",
+    "import_pool_argv",
+    "is_modified_refusal",
     "is_same_or_descendant",
     "recv_abort_argv",
     "recv_argv",

@@ -6,15 +6,22 @@ implementation has (zfs-fuse's `zfs list` has no `-p` and hides `guid`/`createtx
 come back in the same call. Methods that can be done better where ZFS allows it (atomic multi-dataset
 snapshots, comma-list destroys) detect the capability first and fall back to what works everywhere.
 
+Every name that reaches an argv passes the grammar of `zfs/names.py` first (so none can be read as an
+option), and positional arguments follow `--` wherever the command takes it (not `zfs set` nor `zpool get`,
+whose zfs-fuse and older OpenZFS versions parse no options there).
+
 Send/receive command lines are pure functions (`send_argv`, `recv_argv`, ...) so that the replication
 executor can start them as a pipeline through `Runner.start`; the caller checks `Features.require` for
 the flags it asks for.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
+import itertools
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -22,11 +29,25 @@ from datetime import UTC, datetime
 from middlewared_plugin.errors import CallError
 from middlewared_plugin.remote.runner import CommandFailed, Runner
 from middlewared_plugin.zfs.features import Feature, Features, detect_features
+from middlewared_plugin.zfs.names import (
+    check_dataset,
+    check_dataset_or_snapshot,
+    check_guid,
+    check_hold_tag,
+    check_pool,
+    check_property,
+    check_snapshot,
+    check_snapshot_or_bookmark,
+    check_snapshot_part,
+    dataset_name_error,
+    snapshot_name_error,
+)
 from middlewared_plugin.zfs.types import (
     Dataset,
     DestroyResult,
     ImportablePool,
     Pool,
+    PropertyValue,
     Snapshot,
     is_same_or_descendant,
     split_snapshot_name,
@@ -37,6 +58,8 @@ logger = logging.getLogger(__name__)
 #: zettarepl's proven batch size for `zfs destroy ds@a,b,...`; the argv length bound keeps us far from ARG_MAX.
 DESTROY_BATCH_NAMES = 100
 DESTROY_BATCH_CHARS = 100_000
+#: Pause between attempts to destroy a dataset ZFS reports busy.
+BUSY_RETRY_INTERVAL = 0.25
 
 _DATASET_PROPS = ("type", "guid", "createtxg", "creation", "used", "referenced", "readonly", "mountpoint")
 _SNAPSHOT_PROPS = ("type", "guid", "createtxg", "creation", "used", "referenced", "userrefs")
@@ -80,22 +103,22 @@ class Zfs:
 
     async def import_pool(self, guid: str, *, new_name: str | None = None, search_dirs: Sequence[str] = ()) -> None:
         """Import an exported pool by its guid (unambiguous where names repeat), optionally renaming it."""
-        await self._run(["zpool", "import", *_search_options(search_dirs), guid, *([new_name] if new_name else [])])
+        await self._run(import_pool_argv(guid, new_name=new_name, search_dirs=search_dirs))
 
     async def export_pool(self, name: str) -> None:
-        await self._run(["zpool", "export", name])
+        await self._run(["zpool", "export", "--", check_pool(name)])
 
     async def destroy_pool(self, name: str) -> None:
-        await self._run(["zpool", "destroy", name])
+        await self._run(["zpool", "destroy", "--", check_pool(name)])
 
     async def pool_status(self, pool: str) -> str:
         """`zpool status` text of one pool (for humans; not parsed)."""
-        return await self._run(["zpool", "status", pool])
+        return await self._run(["zpool", "status", "--", check_pool(pool)])
 
     async def pool_features(self, pool: str) -> dict[str, str]:
         """`feature@name -> disabled|enabled|active` of one pool; empty for pre-feature-flag pools (zfs-fuse)."""
         # Plain `zpool get all`: zfs-fuse's `zpool get` knows neither -H nor -o.
-        out = await self._run(["zpool", "get", "all", pool])
+        out = await self._run(["zpool", "get", "all", check_pool(pool)])
         features = {}
         for line in out.splitlines()[1:]:
             fields = line.split()
@@ -113,7 +136,7 @@ class Zfs:
         argv += ["-r"] if depth is None else ["-d", str(depth)]
         if type_ and (await self.features()).has(Feature.GET_TYPE_FILTER):
             argv += ["-t", type_]
-        argv += [",".join(properties), root]
+        argv += ["--", ",".join(check_property(p) for p in properties), check_dataset_or_snapshot(root)]
         try:
             out = await self._run(argv)
         except CommandFailed as e:
@@ -146,10 +169,16 @@ class Zfs:
 
     async def list_snapshots(
         self, root: str, *, recursive: bool = True, user_properties: Iterable[str] = (),
+        properties: Iterable[str] = (),
     ) -> list[Snapshot]:
-        """Snapshots of `root` (and of its descendants if `recursive`), by dataset name then createtxg."""
+        """Snapshots of `root` (and of its descendants if `recursive`), by dataset name then createtxg.
+
+        `properties` are further native properties to read into `Snapshot.properties`, in the same call;
+        names this host's zfs does not know are skipped (one unknown name would fail the whole `zfs get`).
+        """
         user = list(user_properties)
-        props = await self._props_for(_SNAPSHOT_PROPS, ("written",), user)
+        optional = dict.fromkeys(p for p in ("written", *properties) if p not in _SNAPSHOT_PROPS)
+        props = await self._props_for(_SNAPSHOT_PROPS, list(optional), user)
         rows = await self._get(root, props, depth=None if recursive else 1, type_="snapshot")
         snapshots = [
             _snapshot(name, values, user) for name, values in rows.items() if values["type"][0] == "snapshot"
@@ -157,9 +186,11 @@ class Zfs:
         return sorted(snapshots, key=lambda s: (s.dataset, s.createtxg))
 
     async def exists(self, name: str) -> bool:
-        """Whether a dataset or snapshot of that name exists."""
+        """Whether a dataset or snapshot of that name exists (a name ZFS would refuse exists nowhere)."""
+        if (snapshot_name_error if "@" in name else dataset_name_error)(name) is not None:
+            return False
         try:
-            await self._run(["zfs", "get", "-H", "-o", "value", "type", name])
+            await self._run(["zfs", "get", "-H", "-o", "value", "type", "--", name])
         except CommandFailed as e:
             if _is_not_found(e) or "invalid dataset name" in e.stderr:
                 return False
@@ -170,31 +201,54 @@ class Zfs:
 
     async def create_dataset(
         self, name: str, *, parents: bool = True, properties: Mapping[str, str] | None = None,
+        volume_size: int | None = None, sparse: bool = False, key: str | None = None,
     ) -> None:
-        argv = ["zfs", "create"] + (["-p"] if parents else []) + _property_options(properties) + [name]
-        await self._run(argv)
+        """`zfs create` (see `create_argv`); `key` is the encryption key or passphrase of a dataset created
+        with `keylocation=prompt`, given on stdin so that it never shows in a process listing."""
+        argv = create_argv(name, parents=parents, properties=properties, volume_size=volume_size, sparse=sparse)
+        await self.runner.run(argv, input=None if key is None else key.encode(), timeout=self.timeout)
 
-    async def destroy_dataset(self, name: str, *, recursive: bool = False, force: bool = False) -> None:
-        """`force` unmounts a busy file system anyway (`-f`). A refused destroy leaves the mounts as they were."""
-        argv = ["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else []) + [name]
+    async def destroy_dataset(
+        self, name: str, *, recursive: bool = False, force: bool = False, busy_timeout: float = 0.0,
+    ) -> None:
+        """`force` unmounts a busy file system anyway (`-f`). A refused destroy leaves the mounts as they were.
+
+        A dataset reported busy is unmounted by us and tried again until `busy_timeout` seconds have passed
+        (at least once more): zfs-fuse cannot unmount within `zfs destroy`, and it answers "dataset is busy"
+        for a moment after a receive or an unmount with nothing using the dataset. One that stays busy is a
+        CallError EBUSY; one that is gone is ENOENT.
+        """
+        argv = ["zfs", "destroy"] + (["-r"] if recursive else []) + (["-f"] if force else [])
+        argv += ["--", check_dataset(name)]
         mounted = await self._mounted(name, recursive=recursive)
+        deadline = time.monotonic() + busy_timeout
         try:
-            try:
-                await self._run(argv)
-            except CommandFailed as e:
-                if "busy" not in e.stderr:
-                    raise
-                # zfs-fuse cannot unmount within `zfs destroy`: unmount what is left ourselves, then try again.
-                for fs in await self._mounted(name, recursive=recursive):
-                    await self._run(["zfs", "unmount"] + (["-f"] if force else []) + [fs])
-                await self._run(argv)
-        except CommandFailed:
+            for attempt in itertools.count():
+                try:
+                    if attempt:
+                        if attempt > 1:
+                            await asyncio.sleep(BUSY_RETRY_INTERVAL)
+                        for fs in await self._mounted(name, recursive=recursive):
+                            await self._run(["zfs", "unmount"] + (["-f"] if force else []) + ["--", check_dataset(fs)])
+                    await self._run(argv)
+                    return
+                except CommandFailed as e:
+                    if _is_not_found(e):
+                        raise CallError(f"[{self.runner.name}] dataset {name} does not exist", errno.ENOENT) from e
+                    if "busy" not in e.stderr:
+                        raise
+                    if attempt and time.monotonic() >= deadline:
+                        raise CallError(f"Failed to destroy {name!r}: dataset is busy ({e.stderr})",
+                                        errno.EBUSY) from e
+        except CallError as failed:
+            if failed.errno == errno.ENOENT:
+                raise
             # A failed destroy (zfs-fuse's own included) may have unmounted part of the tree: mount it back.
             now = set(await self._mounted(name, recursive=recursive))
             for fs in reversed(mounted):  # parents first
                 if fs not in now:
                     try:
-                        await self._run(["zfs", "mount", fs])
+                        await self._run(["zfs", "mount", "--", check_dataset(fs)])
                     except CommandFailed as e:
                         logger.warning("Could not mount %s back: %s", fs, e.stderr)
             raise
@@ -215,22 +269,24 @@ class Zfs:
     async def set_properties(self, name: str, properties: Mapping[str, str]) -> None:
         # One `zfs set` per property: zfs-fuse's `set` takes exactly one property=value.
         for key, value in properties.items():
-            await self._run(["zfs", "set", f"{key}={value}", name])
+            await self._run(["zfs", "set", f"{check_property(key)}={value}", check_dataset_or_snapshot(name)])
 
-    async def mount(self, name: str) -> None:
-        """Mount a filesystem (and nothing else); one that is already mounted is left as it is."""
-        result = await self.runner.run(["zfs", "mount", name], check=False)
+    async def mount(self, name: str, *, readonly: bool = False) -> bool:
+        """Mount a filesystem (and nothing else), read-only for this mount only if asked (`-o ro`: the
+        `readonly` property is untouched). True when it mounted it; one already mounted is left as it is."""
+        argv = ["zfs", "mount"] + (["-o", "ro"] if readonly else []) + ["--", check_dataset(name)]
+        result = await self.runner.run(argv, check=False)
         if result.returncode != 0 and "already mounted" not in result.stderr.decode(errors="replace"):
-            raise CommandFailed(self.runner.name, ["zfs", "mount", name], result.returncode,
-                                result.stderr.decode(errors="replace"))
+            raise CommandFailed(self.runner.name, argv, result.returncode, result.stderr.decode(errors="replace"))
+        return result.returncode == 0
 
     async def inherit_property(self, name: str, prop: str, *, recursive: bool = False) -> None:
-        await self._run(["zfs", "inherit"] + (["-r"] if recursive else []) + [prop, name])
+        await self._run(["zfs", "inherit"] + (["-r"] if recursive else [])
+                        + ["--", check_property(prop), check_dataset_or_snapshot(name)])
 
     async def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
         """Roll a dataset back to `snapshot`; `destroy_newer` (-r) allows discarding later snapshots."""
-        split_snapshot_name(snapshot)
-        await self._run(["zfs", "rollback"] + (["-r"] if destroy_newer else []) + [snapshot])
+        await self._run(["zfs", "rollback"] + (["-r"] if destroy_newer else []) + ["--", check_snapshot(snapshot)])
 
     # ------------------------------------------------------------------------------------ snapshots
 
@@ -249,7 +305,8 @@ class Zfs:
         `zfs snapshot` get exactly the wanted set atomically; elsewhere (zfs-fuse) the whole tree is
         snapshotted with `-r` (still one txg) and the excluded subtrees' new snapshots are destroyed.
         """
-        options = _property_options(properties)
+        options = _property_options(properties) + ["--"]
+        check_snapshot(f"{check_dataset(dataset)}@{check_snapshot_part(name)}")
         excluded = [e for e in exclude if is_same_or_descendant(e, dataset) and e != dataset]
         if not recursive or not excluded:
             await self._run(["zfs", "snapshot"] + (["-r"] if recursive else []) + options + [f"{dataset}@{name}"])
@@ -266,27 +323,32 @@ class Zfs:
         await self._run(["zfs", "snapshot", "-r"] + options + [f"{dataset}@{name}"])
         tops = [e for e in excluded if e in tree and not any(e != o and is_same_or_descendant(e, o) for o in excluded)]
         for top in tops:
-            await self._run(["zfs", "destroy", "-r", f"{top}@{name}"])
+            await self._run(["zfs", "destroy", "-r", "--", f"{top}@{name}"])
         return [f"{d}@{name}" for d in wanted]
 
-    async def destroy_snapshots(self, snapshots: Iterable[str]) -> DestroyResult:
-        """Destroy snapshots in batches; held, busy or cloned ones are reported as skipped, gone ones as missing."""
+    async def destroy_snapshots(self, snapshots: Iterable[str], *, defer: bool = False) -> DestroyResult:
+        """Destroy snapshots in batches; held, busy or cloned ones are reported as skipped, gone ones as missing.
+
+        `defer` (-d): a held or cloned snapshot is marked instead, and ZFS destroys it when its last hold or
+        clone goes (it counts as destroyed here, though it is still listed until then).
+        """
         result = DestroyResult()
         by_dataset: dict[str, list[str]] = defaultdict(list)
         for full in snapshots:
-            ds, snap = split_snapshot_name(full)
+            ds, snap = split_snapshot_name(check_snapshot(full))
             by_dataset[ds].append(snap)
         batched = (await self.features()).has(Feature.DESTROY_SNAPSHOT_LIST)
         for ds, names in by_dataset.items():
             batches = _destroy_batches(ds, names) if batched else ([n] for n in names)
             for batch in batches:
-                await self._destroy_batch(ds, batch, result)
+                await self._destroy_batch(ds, batch, result, defer)
         return result
 
-    async def _destroy_batch(self, dataset: str, names: list[str], result: DestroyResult) -> None:
+    async def _destroy_batch(self, dataset: str, names: list[str], result: DestroyResult, defer: bool) -> None:
         while names:
             try:
-                await self._run(["zfs", "destroy", f"{dataset}@{','.join(names)}"], timeout=3600)
+                await self._run(["zfs", "destroy"] + (["-d"] if defer else []) + ["--", f"{dataset}@{','.join(names)}"],
+                                timeout=3600)
             except CommandFailed as e:
                 refused = _refusals(e.stderr, dataset, names)
                 if len(names) == 1 and not refused:
@@ -297,7 +359,7 @@ class Zfs:
                 if not refused:
                     # An all-or-nothing destroy failed for a reason naming no snapshot: find it one by one.
                     for n in names:
-                        await self._destroy_batch(dataset, [n], result)
+                        await self._destroy_batch(dataset, [n], result, defer)
                     return
                 result.skipped.update(refused)
                 # A refused batch destroys nothing on OpenZFS: retry without the refused ones.
@@ -309,15 +371,17 @@ class Zfs:
     # ---------------------------------------------------------------------------------------- holds
 
     async def hold(self, tag: str, snapshots: Sequence[str], *, recursive: bool = False) -> None:
-        await self._run(["zfs", "hold"] + (["-r"] if recursive else []) + [tag, *snapshots])
+        await self._run(["zfs", "hold"] + (["-r"] if recursive else [])
+                        + ["--", check_hold_tag(tag), *map(check_snapshot, snapshots)])
 
     async def release(self, tag: str, snapshots: Sequence[str], *, recursive: bool = False) -> None:
-        await self._run(["zfs", "release"] + (["-r"] if recursive else []) + [tag, *snapshots])
+        await self._run(["zfs", "release"] + (["-r"] if recursive else [])
+                        + ["--", check_hold_tag(tag), *map(check_snapshot, snapshots)])
 
     async def list_holds(self, snapshots: Sequence[str]) -> dict[str, frozenset[str]]:
         """Hold tags per snapshot. zfs-fuse cannot list tags (use `Snapshot.userrefs` for the count there)."""
         (await self.features()).require(Feature.LIST_HOLDS)
-        out = await self._run(["zfs", "holds", "-H", *snapshots])
+        out = await self._run(["zfs", "holds", "-H", "--", *map(check_snapshot, snapshots)])
         holds: dict[str, set[str]] = {s: set() for s in snapshots}
         for line in out.splitlines():
             name, tag, *_ = line.split("\t")
@@ -327,8 +391,27 @@ class Zfs:
 
 # ------------------------------------------------------------------------------------ send / receive
 
+def create_argv(
+    name: str, *, parents: bool = False, properties: Mapping[str, str] | None = None,
+    volume_size: int | None = None, sparse: bool = False,
+) -> list[str]:
+    """`zfs create` of a filesystem, or of a volume of `volume_size` bytes (thin with `sparse`); `parents`
+    (-p) creates missing ancestors, `properties` apply to the new dataset only."""
+    if sparse and volume_size is None:
+        raise ValueError("sparse (-s) applies to volumes only")
+    argv = ["zfs", "create"] + (["-p"] if parents else []) + (["-s"] if sparse else [])
+    argv += (["-V", str(volume_size)] if volume_size is not None else []) + _property_options(properties)
+    return argv + ["--", check_dataset(name)]
+
+
 def _search_options(search_dirs: Sequence[str]) -> list[str]:
     return [arg for directory in search_dirs for arg in ("-d", directory)]
+
+
+def import_pool_argv(guid: str, *, new_name: str | None = None, search_dirs: Sequence[str] = ()) -> list[str]:
+    """`zpool import` of one exported pool by guid, optionally under a new name (refused if reserved)."""
+    names = [check_guid(guid), *([check_pool(new_name, new=True)] if new_name is not None else [])]
+    return ["zpool", "import", *_search_options(search_dirs), "--", *names]
 
 
 _IMPORT_FIELD = re.compile(r"^\s*(pool|id|state):\s*(\S+)\s*$")
@@ -348,8 +431,10 @@ def _snapshot_ref(ref: str, snapshot: str) -> str:
     """A base given as "name", "@name", "#bookmark" or full name -> full name on the snapshot's dataset."""
     dataset, _ = split_snapshot_name(snapshot)
     if ref.startswith(("@", "#")):
-        return dataset + ref
-    return ref if ("@" in ref or "#" in ref) else f"{dataset}@{ref}"
+        full = dataset + ref
+    else:
+        full = ref if ("@" in ref or "#" in ref) else f"{dataset}@{ref}"
+    return check_snapshot_or_bookmark(full)
 
 
 def send_argv(
@@ -389,7 +474,7 @@ def send_argv(
         argv.append("-L")
     if compressed:
         argv.append("-c")
-    argv.append(snapshot)
+    argv += ["--", check_snapshot(snapshot)]
     return argv
 
 
@@ -416,22 +501,30 @@ def recv_argv(
     if no_mount:
         argv.append("-u")
     for prop in exclude_properties:
-        argv += ["-x", prop]
-    for key, value in (override_properties or {}).items():
-        argv += ["-o", f"{key}={value}"]
-    argv.append(target)
+        argv += ["-x", check_property(prop)]
+    argv += _property_options(override_properties)
+    argv += ["--", check_dataset(target)]
     return argv
+
+
+_MODIFIED_SINCE_SNAPSHOT = re.compile(r"has been modified\s+since most recent snapshot")
+
+
+def is_modified_refusal(stderr: str) -> bool:
+    """Whether `zfs receive` refused an incremental stream because the target changed after its newest
+    snapshot (OpenZFS and zfs-fuse word it the same, zfs-fuse across two lines)."""
+    return _MODIFIED_SINCE_SNAPSHOT.search(stderr) is not None
 
 
 def recv_abort_argv(target: str) -> list[str]:
     """Discard the partial state of an interrupted resumable receive."""
-    return ["zfs", "receive", "-A", target]
+    return ["zfs", "receive", "-A", "--", check_dataset(target)]
 
 
 # --------------------------------------------------------------------------------------- parsing
 
 def _property_options(properties: Mapping[str, str] | None) -> list[str]:
-    return [arg for k, v in (properties or {}).items() for arg in ("-o", f"{k}={v}")]
+    return [arg for k, v in (properties or {}).items() for arg in ("-o", f"{check_property(k)}={v}")]
 
 
 def _destroy_batches(dataset: str, names: list[str]) -> Iterator[list[str]]:
@@ -511,4 +604,20 @@ def _snapshot(full_name: str, values: Mapping[str, tuple[str, str]], user: Itera
         userrefs=_int(values["userrefs"][0]),
         written=_int(written[0]) if written else None,
         user_properties=_user(values, user),
+        properties={p: _property(p, *values[p]) for p in values if ":" not in p},
     )
+
+
+_SOURCES = {"-": "NONE", "default": "DEFAULT", "local": "LOCAL", "temporary": "TEMPORARY", "received": "RECEIVED"}
+
+
+def _property(prop: str, value: str, source: str) -> PropertyValue:
+    """One `zfs get -p` row; the source as TrueNAS names it ("inherited from pool/ds" is INHERITED)."""
+    named = "INHERITED" if source.startswith("inherited") else _SOURCES.get(source, "NONE")
+    if _optional(value, source) is None:
+        parsed = None
+    elif prop == "creation":
+        parsed = datetime.fromtimestamp(int(value), UTC)
+    else:
+        parsed = int(value) if value.isdigit() else value
+    return PropertyValue(value, named, parsed)

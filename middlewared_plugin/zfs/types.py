@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class PropertyValue:
+    """One native property as `zfs get -p` reported it."""
+
+    #: The exact value as printed (`-` where unset or not applicable).
+    raw: str
+    #: Where it comes from, in TrueNAS's words: NONE, DEFAULT, LOCAL, TEMPORARY, INHERITED or RECEIVED.
+    source: str
+    #: int for numbers, datetime for `creation`, None where unset, the raw text otherwise.
+    parsed: Any
+
+
+@dataclass(frozen=True)
 class Snapshot:
     dataset: str
     name: str  # the part after "@"
@@ -45,6 +58,8 @@ class Snapshot:
     #: Bytes written since the previous snapshot (None where the `written` property does not exist).
     written: int | None = None
     user_properties: Mapping[str, str] = field(default_factory=dict)
+    #: Every native property read with it (the ones above and any asked for), by name.
+    properties: Mapping[str, PropertyValue] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from middlewared_plugin.client import ClientException
 from middlewared_plugin.devtools.zfs_fuse import FilePool
+from middlewared_plugin.errors import ValidationErrors
 from middlewared_plugin.remote.runner import LocalRunner
 from middlewared_plugin.remote.ssh import runner_for_credentials
 from middlewared_plugin.zfs import Feature, Zfs
@@ -43,7 +43,7 @@ async def test_zfs_fuse_lacks_the_openzfs_features(zfs_daemon: None) -> None:
     assert "receive_resume_token" not in features.properties
 
 
-async def test_encryption_on_a_zfs_fuse_target_fails_with_a_clear_error(
+async def test_encryption_on_a_zfs_fuse_target_is_refused_before_the_task_is_saved(
     server: TestServer, pool_pair: tuple[FilePool, FilePool], local_zfs: Zfs,
 ) -> None:
     source_pool, target_pool = pool_pair
@@ -51,13 +51,12 @@ async def test_encryption_on_a_zfs_fuse_target_fails_with_a_clear_error(
     await local_zfs.create_dataset(source)
     await local_zfs.create_snapshots(source, snapshot_name(1))
     client = await server.client()
-    created = await client.call("replication.create", task(
-        source, target, None, encryption=True, encryption_key="0" * 64, encryption_key_format="HEX",
-        encryption_key_location="$TrueNAS"))
 
-    with pytest.raises(ClientException) as raised:
-        await client.call("replication.run", created["id"], job=True)
-    assert f"does not support native encryption (needed for encrypting {target})" in str(raised.value)
+    with pytest.raises(ValidationErrors) as raised:
+        await client.call("replication.create", task(
+            source, target, None, encryption=True, encryption_key="0" * 64, encryption_key_format="HEX",
+            encryption_key_location="$TrueNAS"))
+    assert [(e.attribute, e.errmsg) for e in raised.value.errors] == [
+        ("replication_create.encryption", "ZFS on this system does not support native encryption")]
+    assert await client.call("replication.query") == []
     assert not await local_zfs.exists(target)
-    state = (await client.call("replication.get_instance", created["id"]))["state"]
-    assert state["state"] == "ERROR" and "native encryption" in state["error"]

@@ -122,7 +122,7 @@ async def test_encrypted_source_is_sent_raw_and_stays_encrypted(
     await run_task(client, task_id)
 
     log = await last_job_log(server, client, task_id)
-    assert f"zfs send -p -w -L -c {source}@{snapshot_name(1)}" in log, log
+    assert f"zfs send -p -w -L -c -- {source}@{snapshot_name(1)}" in log, log
     assert await props(openzfs_vm, target, "encryption", "keyformat", "encryptionroot", "keystatus") == {
         "encryption": "aes-256-gcm", "keyformat": "passphrase", "encryptionroot": target,
         # never decrypted on the way: the key is the source's and is not loaded
@@ -205,7 +205,7 @@ async def test_interrupted_transfer_resumes_from_the_receive_resume_token(
     token = await prop(openzfs_vm, target, "receive_resume_token")
     assert token not in ("-", ""), "the partial receive left no resume token"
     plan = await client.call("replication.plan", task_id)
-    assert [step["kind"] for d in plan["datasets"] for step in d["steps"]] == ["resume"], plan
+    assert [step["kind"] for d in plan["datasets"] for step in d["steps"]] == ["resume", "mount"], plan
 
     resumed = await run_task(client, task_id)
 
@@ -241,7 +241,7 @@ async def test_stale_resume_token_is_discarded_and_the_run_succeeds(
     await run_task(client, task_id)
 
     log = await last_job_log(server, client, task_id)
-    assert f"zfs receive -A {target}" in log, log
+    assert f"zfs receive -A -- {target}" in log, log
     assert "no longer exists on the source" in log, log
     assert await prop(openzfs_vm, target, "receive_resume_token") == "-"
     assert await snapshot_guids(openzfs_vm, target) == await snapshot_guids(openzfs_vm, source)

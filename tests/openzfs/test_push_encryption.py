@@ -215,3 +215,37 @@ async def test_raw_stream_of_an_encrypted_source_cannot_land_on_zfs_fuse(
     assert not await local_zfs.exists(f"{pool.name}/secret")
     state = (await client.call("replication.get_instance", created["id"]))["state"]
     assert state["state"] == "ERROR" and "native encryption" in state["error"]
+
+
+@pytest.mark.parametrize("readonly", ["IGNORE", "SET"])
+async def test_encrypted_target_takes_incrementals_on_later_runs(
+    server: TestServer, client: Client, credentials: int, pool: FilePool, local_zfs: Zfs, openzfs_vm: OpenZFSVM,
+    crypt: str, readonly: str,
+) -> None:
+    """Issue 12 §2: a first read-write mount of a newly encrypted dataset writes ~53 KiB (accounting
+    upgrade), which used to make the second run fail "was modified since its snapshot". Targets are received
+    unmounted and mounted read-only, so the second and third runs are plain incrementals, nothing rolled back."""
+    target = f"{crypt}/later-{readonly.lower()}"
+    digests = {}
+    source, digests[1] = await local_source(local_zfs, pool, megabytes=1, day=1)
+    created = await client.call("replication.create", task(
+        source, target, credentials, encryption=True, encryption_key=secrets.token_hex(32),
+        encryption_key_format="HEX", encryption_key_location="$TrueNAS", readonly=readonly))
+    await run_task(client, created["id"])
+    for day in (2, 3):
+        # The target is read between runs, as a user checking the backup would.
+        await assert_file(openzfs_vm, target, f"file{day - 1}", digests[day - 1])
+        _, digests[day] = await local_source(local_zfs, pool, megabytes=1, day=day)
+
+        await run_task(client, created["id"])
+
+        log = await last_job_log(server, client, created["id"])
+        assert f"-i {source}@{snapshot_name(day - 1)}" in log, log
+        assert "zfs rollback" not in log and "Rolled back" not in log and "0 rolled back" in log, log
+        assert await prop(openzfs_vm, target, "written") == "0"
+    listed = await openzfs_vm.run(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", target])
+    assert listed.text.split() == [f"{target}@{snapshot_name(day)}" for day in (1, 2, 3)]
+    assert await props(openzfs_vm, target, "encryptionroot", "mounted") == {"encryptionroot": target,
+                                                                             "mounted": "yes"}
+    for day in (1, 2, 3):
+        await assert_file(openzfs_vm, target, f"file{day}", digests[day])

@@ -35,7 +35,10 @@ def test_valid_schemas_have_no_errors(schema: str):
     ("auto-%m-%d_%H-%M", "%Y must be present in snapshot naming schema"),
     ("auto-%Y-%m-%d_%H", "%M must be present in snapshot naming schema"),
     ("auto@%Y-%m-%d_%H-%M", "@ is not an allowed character in ZFS snapshot name"),
-    ("a/b+%Y-%m-%d_%H-%M", "/+ are not allowed characters in ZFS snapshot name"),
+    ("a/b+%Y-%m-%d_%H-%M", 'Characters "/", "+" are not allowed in ZFS snapshot name'),
+    # Each offending character once, in order, quoted: "$(////)" used to come back verbatim.
+    ("$(////)%Y-%m-%d_%H-%M", 'Characters "$", "(", "/", ")" are not allowed in ZFS snapshot name'),
+    ("a//%Y-%m-%d_%H-%M", "/ is not an allowed character in ZFS snapshot name"),
     ("100%%-%Y-%m-%d_%H-%M", "% is not an allowed character in ZFS snapshot name"),
     ("%s-%Y", "No other placeholder can be used with %s in naming schema"),
     ("a--%Y-%m-%d_%H-%M%z", "%z and `--` can't be present in snapshot naming schema at the same time. "

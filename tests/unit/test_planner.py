@@ -19,6 +19,7 @@ from middlewared_plugin.replication.plan import (
     EncryptionMode,
     FullSend,
     IncrementalSend,
+    Mount,
     NoCommonBase,
     NoSelectedSnapshots,
     ParentIsVolume,
@@ -27,6 +28,7 @@ from middlewared_plugin.replication.plan import (
     ReplicateChildMissingBase,
     Resume,
     Rollback,
+    RollbackReason,
     SetReadonly,
     SourceMissing,
     TargetExists,
@@ -212,7 +214,7 @@ def test_allow_from_scratch_destroys_every_listed_target_snapshot_then_forces_a_
     assert plan.destroys() == [("dst/backup", "old-1"), ("dst/backup", "old-2")]
     full = d.steps[1]
     assert isinstance(full, FullSend) and full.receive.force
-    assert isinstance(d.steps[-1], SetReadonly)  # the overwritten target is made read-only again
+    assert isinstance(d.steps[-2], SetReadonly)  # the overwritten target is made read-only again
 
 
 def test_existing_empty_target_without_snapshots_is_overwritten_by_a_forced_full_send():
@@ -265,7 +267,9 @@ def test_allow_rollback_rolls_back_to_the_base_and_lists_what_it_destroys():
     d = only(plan)
     assert d.steps[0] == Rollback("dst/backup", "auto-2", ("local-1", "local-2"))
     assert plan.destroys() == [("dst/backup", "local-1"), ("dst/backup", "local-2")]
-    assert sends(d) == [("-i", "auto-2", "auto-3", ("auto-3",))] and d.sends[0].receive.force
+    # The rollback is the explicit step: the receive after it is not forced, nor a second rollback planned.
+    assert sends(d) == [("-i", "auto-2", "auto-3", ("auto-3",))] and not d.sends[0].receive.force
+    assert d.sends[0].if_modified is None
 
 
 def test_target_written_to_since_the_base_is_a_conflict_unless_rollback_is_allowed():
@@ -274,7 +278,8 @@ def test_target_written_to_since_the_base_is_a_conflict_unless_rollback_is_allow
     plan = run(spec(), [source], [fs("dst"), target])
     assert plan.conflicts == (TargetModified("dst/backup", "auto-1", 4096),)
     allowed = only(run(spec(allow_rollback=True), [source], [fs("dst"), target]))
-    assert allowed.steps[0] == Rollback("dst/backup", "auto-1", ())
+    assert allowed.steps[0] == Rollback("dst/backup", "auto-1", (), RollbackReason.CHANGES, written=4096)
+    assert allowed.rollbacks() == [allowed.steps[0]] and not allowed.sends[0].receive.force
 
 
 def test_without_rollback_incremental_receives_are_not_forced():
@@ -341,6 +346,16 @@ def test_a_full_stream_token_on_a_dataset_without_snapshots_is_resumed():
     target = fs("dst/backup", resume_token=ResumeToken("1-f", toguid=guid("auto-1")))
     d = only(run(spec(), [source], [fs("dst"), target]))
     assert sends(d) == [("resume", None, "auto-1", ("auto-1",)), ("-i", "auto-1", "auto-2", ("auto-2",))]
+
+
+def test_a_resume_that_brings_the_newest_snapshot_is_followed_by_the_mount():
+    # Every receive is `-u`, a resumed one too: without the Mount step the target would stay unmounted.
+    source = fs("src/data", *snaps("auto-1", "auto-2"))
+    token = ResumeToken("1-abc", toguid=guid("auto-2"), fromguid=guid("auto-1"))
+    target = fs("dst/backup", *snaps("auto-1"), resume_token=token, readonly=True)
+    d = only(run(spec(), [source], [fs("dst"), target]))
+    assert [type(s) for s in d.steps] == [Resume, Mount]
+    assert d.steps[-1] == Mount("dst/backup")
 
 
 @pytest.mark.parametrize("token, reason", [
@@ -467,7 +482,8 @@ def test_properties_exclude_and_override_keep_only_properties_that_apply_to_the_
 def test_readonly_set_adds_a_final_step_unless_the_target_already_is_readonly():
     source = fs("src/data", *snaps("auto-1", "auto-2"))
     writable = fs("dst/backup", *snaps("auto-1"), readonly=False)
-    assert only(run(spec(), [source], [fs("dst"), writable])).steps[-1] == SetReadonly("dst/backup")
+    assert only(run(spec(), [source], [fs("dst"), writable])).steps[-2:] == (SetReadonly("dst/backup"),
+                                                                             Mount("dst/backup"))
     already = fs("dst/backup", *snaps("auto-1"), readonly=True)
     assert not any(isinstance(s, SetReadonly) for s in only(run(spec(), [source], [fs("dst"), already])).steps)
     ignore = only(run(spec(readonly=ReadonlyPolicy.IGNORE), [source], [fs("dst"), writable]))
@@ -480,7 +496,7 @@ def test_readonly_require_refuses_an_existing_writable_target():
     plan = run(spec(readonly=ReadonlyPolicy.REQUIRE), [source], [fs("dst"), writable])
     assert plan.conflicts == (ReadonlyRequired("dst/backup"),)
     new = only(run(spec(readonly=ReadonlyPolicy.REQUIRE), [source], [fs("dst")]))
-    assert new.runnable and new.steps[-1] == SetReadonly("dst/backup")
+    assert new.runnable and new.steps[-2:] == (SetReadonly("dst/backup"), Mount("dst/backup"))
 
 
 def test_mount_false_receives_unmounted():
@@ -540,5 +556,83 @@ def test_to_dict_is_json_with_step_kinds_and_readable_conflict_messages():
     (conflict,) = data["datasets"][0]["conflicts"]
     assert conflict["code"] == "NO_COMMON_BASE" and "old-1" in conflict["message"]
     fine = run(spec(), [fs("src/data", *snaps("auto-1", "auto-2", "auto-3"))], [fs("dst")]).to_dict()
-    assert [s["kind"] for s in fine["datasets"][0]["steps"]] == ["full_send", "incremental_send", "set_readonly"]
+    assert [s["kind"] for s in fine["datasets"][0]["steps"]] == ["full_send", "incremental_send", "set_readonly",
+                                                                 "mount"]
     assert fine["datasets"][0]["steps"][1]["intermediates"] is True
+
+
+# --- safety: later runs never fail because of an earlier run, nothing is discarded blindly ---------------
+
+def test_receives_are_never_forced_or_mounting_and_mount_follows_the_readonly_policy():
+    source = fs("src/data", *snaps("auto-1", "auto-2", "auto-3"))
+    existing = fs("dst/backup", *snaps("auto-1"), readonly=False, written=0)
+    for policy in ReadonlyPolicy:
+        for target in ([fs("dst")], [fs("dst"), existing]):
+            d = only(run(spec(readonly=policy, allow_rollback=True), [source], target))
+            if policy is ReadonlyPolicy.REQUIRE and len(target) == 2:
+                continue  # refused: covered by the REQUIRE test
+            assert d.sends and not any(isinstance(s, IncrementalSend) and s.receive.force for s in d.sends)
+            assert not any(s.receive.mount for s in d.sends)  # all `receive -u`
+            # Read-only (the property, and `-o ro` for the mount) before the first mount: it changes nothing.
+            if policy is ReadonlyPolicy.IGNORE:
+                assert d.steps[-1] == Mount("dst/backup")
+                assert not any(isinstance(s, SetReadonly) for s in d.steps)
+            else:
+                assert d.steps[-2:] == (SetReadonly("dst/backup"), Mount("dst/backup"))
+
+
+def test_nothing_is_mounted_without_mount_or_sends_and_volumes_are_never_mounted():
+    source = fs("src/data", *snaps("auto-1"))
+    assert not any(isinstance(s, Mount) for s in only(run(spec(mount=False), [source], [fs("dst")])).steps)
+    up_to_date = fs("dst/backup", *snaps("auto-1"), readonly=True)
+    assert only(run(spec(), [source], [fs("dst"), up_to_date])).steps == ()
+    volume = DatasetInfo("src/data", DatasetType.VOLUME, snaps("auto-1"))
+    assert not any(isinstance(s, Mount) for s in only(run(spec(), [volume], [fs("dst")])).steps)
+
+
+def test_ignore_child_mount_reverts_its_parent_to_the_parents_newest_snapshot():
+    tree = [fs("src/data", *snaps("auto-1", "auto-2")), fs("src/data/c", *snaps("auto-1", "auto-2")),
+            fs("src/data/c/g", *snaps("auto-1"))]
+    plan = run(spec(recursive=True, readonly=ReadonlyPolicy.IGNORE), tree, [fs("dst")])
+    root, child, grandchild = plan.datasets
+    assert root.steps[-1] == Mount("dst/backup")  # its own parent is not replicated
+    assert child.steps[-1] == Mount("dst/backup/c", reverts=(
+        Rollback("dst/backup", "auto-2", reason=RollbackReason.MOUNT),))
+    assert grandchild.steps[-1] == Mount("dst/backup/c/g", reverts=(
+        Rollback("dst/backup/c", "auto-2", reason=RollbackReason.MOUNT),))
+    # A mount revert is not a discard of the user's changes: the plan lists no rollback for the reader.
+    assert plan.destroys() == [] and all(d.rollbacks() == [] for d in plan.datasets)
+    assert plan.to_dict()["rollbacks"] == []
+    # The parent up to date (nothing sent to it this run): reverted to its base.
+    target = [fs("dst"), fs("dst/backup", *snaps("auto-1", "auto-2"), readonly=False, written=0)]
+    child_only = run(spec(recursive=True, readonly=ReadonlyPolicy.IGNORE), tree[:2], target).datasets[1]
+    assert child_only.steps[-1].reverts == (Rollback("dst/backup", "auto-2", reason=RollbackReason.MOUNT),)
+    # SET: the parent is read-only before the child is mounted into it: nothing to revert.
+    set_plan = run(spec(recursive=True), tree, [fs("dst")])
+    assert all(not s.reverts for d in set_plan.datasets for s in d.steps if isinstance(s, Mount))
+
+
+def test_replicated_ignore_tree_is_mounted_recursively_reverting_every_parent():
+    tree = [fs("src/data", *snaps("auto-1")), fs("src/data/c", *snaps("auto-1")),
+            fs("src/data/c/g", *snaps("auto-1")), fs("src/data/d", *snaps("auto-1"))]
+    d = only(run(spec(replicate=True, recursive=True, readonly=ReadonlyPolicy.IGNORE), tree, [fs("dst")]))
+    assert d.steps[-1] == Mount("dst/backup", recursive=True, reverts=(
+        Rollback("dst/backup", "auto-1", reason=RollbackReason.MOUNT),
+        Rollback("dst/backup/c", "auto-1", reason=RollbackReason.MOUNT)))
+
+
+def test_unknown_written_with_rollback_allowed_rolls_back_only_if_the_receive_is_refused():
+    source = fs("src/data", *snaps("auto-1", "auto-2", "auto-3"))
+    zfs_fuse_target = fs("dst/backup", *snaps("auto-1"), readonly=True)  # written=None: cannot be measured
+    d = only(run(spec(allow_rollback=True), [source], [fs("dst"), zfs_fuse_target]))
+    (send,) = d.sends
+    assert not send.receive.force and send.if_modified == Rollback("dst/backup", "auto-1")
+    assert not any(isinstance(s, Rollback) for s in d.steps)  # nothing is rolled back unless needed
+    assert d.rollbacks() == [send.if_modified]
+    assert run(spec(allow_rollback=True), [source], [fs("dst"), zfs_fuse_target]).to_dict()["rollbacks"] == [
+        "dst/backup@auto-1"]
+    # Not allowed: no rollback of any kind, the refusal stands.
+    assert only(run(spec(), [source], [fs("dst"), zfs_fuse_target])).sends[0].if_modified is None
+    # Measured (OpenZFS): nothing written, nothing to roll back; written: the planned rollback says how much.
+    clean = fs("dst/backup", *snaps("auto-1"), readonly=True, written=0)
+    assert only(run(spec(allow_rollback=True), [source], [fs("dst"), clean])).sends[0].if_modified is None

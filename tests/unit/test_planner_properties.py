@@ -20,6 +20,7 @@ from middlewared_plugin.replication.plan import (
     DiscardResumeToken,
     FullSend,
     IncrementalSend,
+    Mount,
     Plan,
     Resume,
     Rollback,
@@ -108,6 +109,11 @@ def apply(plan: Plan, source: Listing, target: Target) -> None:
                 arrived = order[lo + 1:hi + 1] if step.intermediates else [order[hi]]
                 assert tuple(n for n, _ in arrived) == step.arrives
                 snaps += arrived
+            elif isinstance(step, Mount):
+                # Mounting never changes snapshots; its reverts roll back to the newest one, destroying nothing.
+                assert step.dataset in target.datasets
+                for revert in step.reverts:
+                    assert target.datasets[revert.dataset][-1][0] == revert.snapshot and not revert.destroys
             else:
                 assert isinstance(step, SetReadonly) and step.dataset in target.datasets
 

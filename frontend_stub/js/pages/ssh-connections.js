@@ -27,7 +27,7 @@ export async function sshConnectionDialog(api) {
         h("label", { for: `setup-${v}` }, l))));
 
     const semi = {
-      url: field({ label: "URL", field: "semi_automatic_setup.url", hint: "For example http://nas.example.com:6000" }),
+      url: field({ label: "URL", field: "semi_automatic_setup.url", hint: "For example https://nas.example.com:8600" }),
       verify_ssl: field({ label: "Verify TLS certificate", field: "semi_automatic_setup.verify_ssl", kind: "checkbox", value: true }),
       admin_username: field({ label: "Admin username", field: "semi_automatic_setup.admin_username", value: "root" }),
       password: field({ label: "Admin password", field: "semi_automatic_setup.password", kind: "password",

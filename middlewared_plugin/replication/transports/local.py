@@ -100,14 +100,16 @@ def _clean(stderr: str) -> str:
     return "\n".join(ln for ln in stderr.strip().splitlines() if not ln.startswith(PID_MARKER)).strip()
 
 
-async def _reap(process: Process, timeout: float | None = _REAP_TIMEOUT) -> int | None:
-    """Exit status of a stage, or None when it could not be learnt (its connection is gone, or it outlived
+async def _reap(process: Process, timeout: float | None = _REAP_TIMEOUT) -> int | str:
+    """Exit status of a stage, or why it could not be learnt (its connection is gone, or it outlived
     `timeout`). After a complete stream there is no bound: a receiver commits what it got after the last
     byte, and on a slow pool that can take minutes."""
     try:
         return await asyncio.wait_for(process.wait(), timeout)
-    except (CallError, TimeoutError):
-        return None
+    except CallError as e:
+        return e.errmsg
+    except TimeoutError:
+        return f"{process.argv[0]} did not exit within {timeout:g}s after the stream was cut"
 
 
 async def _release(send: Process, recv: Process) -> None:
@@ -125,7 +127,7 @@ async def _release(send: Process, recv: Process) -> None:
 def _verdict(
     send: Process,
     recv: Process,
-    codes: tuple[int | None, int | None],
+    codes: tuple[int | str, int | str],
     total: int,
     *,
     stalled_after: float | None,
@@ -143,8 +145,11 @@ def _verdict(
         raise PipeFailed("transport", lost, transient=True)
     if send_code == 0 and recv_code == 0:
         return PipeResult(total)
-    if send_code is None or recv_code is None:
-        raise PipeFailed("transport", "the connection to a stage was lost", transient=True)
+    if isinstance(send_code, str) or isinstance(recv_code, str):
+        # A stage whose status is unknown (its connection was lost) refused nothing that we know of: retry.
+        unknown = [f"{stage}: {why}" for stage, why in (("send", send_code), ("receive", recv_code))
+                   if isinstance(why, str)]
+        raise PipeFailed("transport", "; ".join(unknown), transient=True)
     # The stage that failed first is the cause: the receiver when it went away mid-stream, else the sender.
     if recv_code != 0 and (receiver_gone or send_code == 0):
         stage, code, err, other = "receive", recv_code, recv_err, send_err

@@ -28,6 +28,7 @@ import os
 import posixpath
 import shlex
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -192,6 +193,13 @@ class _Chain(Process):
         return "\n".join(t for t in (self._head.stderr_text(), self._tail.stderr_text()) if t.strip())
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return f"{number} ({signal.Signals(number).name})"
+    except ValueError:
+        return str(number)
+
+
 class _OpenSshProcess(_Renamed):
     """A local `ssh` client running one remote command; killing it also kills the remote process group
     (through the control connection), as closing a channel alone may leave a blocked `zfs` behind."""
@@ -201,10 +209,22 @@ class _OpenSshProcess(_Renamed):
         self._control = control
         self._tasks = tasks
         self._exited = False
+        self._killed = False
+        #: Why the remote command's status is unknown: our `ssh` client was killed by someone else.
+        self._lost: str | None = None
 
     async def wait(self) -> int:
         code = await self._inner.wait()
+        if code < 0 and not self._killed and self._lost is None:
+            # A signal we did not send killed our `ssh` client (a remote command's own signal makes ssh exit
+            # 255, never negative): the connection is what was lost, and the remote command's status with it,
+            # as when a connection drops under an asyncssh channel; so it is reported, and retried, as that.
+            # The remote command may outlive its connection: end it through the control connection.
+            self._lost = f"the SSH connection was lost: the ssh client was killed by signal {_signal_name(-code)}"
+            self._kill_remote_group()
         self._exited = True
+        if self._lost is not None:
+            raise CallError(self._lost, errno.ECONNRESET)
         return code
 
     def _remote_pid(self) -> int | None:
@@ -213,8 +233,12 @@ class _OpenSshProcess(_Renamed):
         return int(value) if value.isdigit() else None
 
     def kill(self) -> None:
-        pid = None if self._exited else self._remote_pid()
+        self._killed = True
+        self._kill_remote_group()
         self._inner.kill()
+
+    def _kill_remote_group(self) -> None:
+        pid = None if self._exited else self._remote_pid()
         if pid is not None:
             task = asyncio.ensure_future(self._kill_remote(pid))
             self._tasks.add(task)

@@ -82,6 +82,14 @@ async def write_random(zfs: Zfs, dataset: str, name: str, size: int) -> None:
     await asyncio.to_thread(fill)
 
 
+async def make_writable(zfs: Zfs, dataset: str) -> None:
+    """What a user does to write to a replicated target: readonly off, and mounted read-write again
+    (replication mounts its targets read-only)."""
+    await zfs.set_properties(dataset, {"readonly": "off"})
+    await zfs.runner.run(["zfs", "unmount", dataset])
+    assert await zfs.mount(dataset)
+
+
 async def snapshots(zfs: Zfs, dataset: str) -> list[str]:
     return [s.name for s in await zfs.list_snapshots(dataset, recursive=False)]
 

@@ -10,7 +10,7 @@ from middlewared_plugin.replication.plan import FullSend, IncrementalSend
 from middlewared_plugin.replication.transports.local import LocalTransport
 from middlewared_plugin.zfs import Zfs
 
-from .conftest import Recorder, read, snap_name, snapshots, task, write
+from .conftest import Recorder, make_writable, read, snap_name, snapshots, task, write
 
 
 async def test_full_then_incremental(zfs: Zfs, runner: LocalRunner, pool_pair: tuple[FilePool, FilePool]):
@@ -112,7 +112,7 @@ async def test_diverged_target_is_refused_with_the_snapshots_named(zfs: Zfs, run
     transport = LocalTransport(runner)
     rec = Recorder()
     await run_task(task(src, dst), transport, progress=rec.on_progress, log=rec.log)
-    await zfs.set_properties(dst, {"readonly": "off"})
+    await make_writable(zfs, dst)
     await write(zfs, dst, "local-change", b"mine")
     await zfs.create_snapshots(dst, "manual-keep-me")
     await zfs.create_snapshots(src, snap_name(1))

@@ -10,7 +10,7 @@ import pytest
 
 from middlewared_plugin.client import Client
 from middlewared_plugin.devtools.zfs_fuse import FilePool
-from middlewared_plugin.errors import CallError
+from middlewared_plugin.errors import CallError, ValidationErrors
 from middlewared_plugin.remote.runner import Runner
 from tests.fixtures.server import TestServer
 from tests.fixtures.sshd import SshdServer
@@ -62,10 +62,10 @@ async def test_host_key_scan_returns_the_servers_keys(client: Client, sshd: Sshd
 
 
 @pytest.mark.parametrize("host", ["bad host", "invalid..host"])
-async def test_host_key_scan_of_an_invalid_host_is_a_call_error(client: Client, host: str) -> None:
-    with pytest.raises(CallError) as raised:
+async def test_host_key_scan_of_an_invalid_host_is_refused_before_any_lookup(client: Client, host: str) -> None:
+    with pytest.raises(ValidationErrors) as raised:
         await client.call("keychaincredential.remote_ssh_host_key_scan", {"host": host, "connect_timeout": 5})
-    assert "ssh-keyscan failed" in str(raised.value)
+    assert [e.attribute for e in raised.value.errors] == ["keychain_remote_ssh_host_key_scan.host"]
 
 
 async def test_host_key_scan_of_a_closed_port_is_a_call_error(client: Client) -> None:

@@ -27,7 +27,7 @@ from middlewared_plugin.devtools.zfs_fuse import FilePool
 from middlewared_plugin.errors import ESSLCERTVERIFICATIONERROR, CallError
 from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
 from tests.fixtures.sshd import SshdServer
-from tests.integration.keychain.conftest import LocalUser, create_key_pair, remote_url
+from tests.integration.keychain.conftest import LocalUser, create_key_pair, make_key, remote_url
 
 HOME_HINT = "user on the remote system exists and is writeable."
 
@@ -228,8 +228,10 @@ async def test_ssh_pair_answers_port_and_host_keys(remote_nas: TestServer, pairi
                                                    local_users: Callable[..., LocalUser]) -> None:
     user = local_users()
     admin = await remote_nas.client()
+    public_key = make_key()[1]  # a real key: ssh_pair refuses anything that is not exactly one
     answer = await admin.call("keychaincredential.ssh_pair",
-                              {"remote_hostname": "any-host", "username": user.name, "public_key": "ssh-ed25519 AAAA"})
+                              {"remote_hostname": "any-host", "username": user.name, "public_key": public_key})
+    assert user.authorized_keys.read_text() == " ".join(public_key.split()[:2]) + "\n"
     assert answer["port"] == pairing_sshd.port
     lines = answer["host_key"].splitlines()
     assert answer["host_key"].endswith("\n")

@@ -139,9 +139,9 @@ class SampleService(Service):
         await self._hold()
         return tag
 
-    @api_method(SleepArgs, job=True)
+    @api_method(SleepArgs, no_authz_required=True, job=True)
     async def sleep(self, ctx: CallContext, seconds: int) -> None:
-        """Runs a real `sleep` child; abort must kill it."""
+        """Runs a real `sleep` child; abort must kill it. Any user may start one (a job of their own)."""
         process = await self.app.local_runner.start(["sleep", str(seconds)])
         self.pids.append(process.pid)  # type: ignore[attr-defined]
         await process.wait()

@@ -118,9 +118,10 @@ async def client(server: TestServer) -> Client:
 
 
 @pytest.fixture
-def env(client: Client) -> Env:
-    """Placeholders resolved without a real pool (for rules that never look at ZFS)."""
-    return Env(client)
+def env(pool_env: Env) -> Env:
+    """Placeholders resolved in a real pool, datasets created only on demand: a LOCAL destination must be on
+    a pool that exists, even for rules that never look at ZFS."""
+    return pool_env
 
 
 @pytest.fixture

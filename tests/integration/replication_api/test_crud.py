@@ -145,9 +145,11 @@ async def test_crud_emits_query_events(env: Env) -> None:
 
 async def test_encryption_key_is_encrypted_at_rest_and_redacted_for_readers(env: Env, server: TestServer) -> None:
     secret = "ab" * 32
+    # A push to another host: zfs-fuse here has no encryption, so a LOCAL task could not ask for it.
+    await env.ssh()
     task = await env.client.call("replication.create", await env.task(
-        transport="LOCAL", encryption=True, encryption_key=secret, encryption_key_format="HEX",
-        encryption_key_location="$TrueNAS"))
+        transport="SSH", ssh_credentials="$ssh", encryption=True, encryption_key=secret,
+        encryption_key_format="HEX", encryption_key_location="$TrueNAS"))
     assert task["encryption_key"] == secret
     stored = dict(await server.app.store.all("replication"))[task["id"]]
     assert secret not in json.dumps(stored)

@@ -116,7 +116,7 @@ async def test_midclt_follows_a_recursive_ssh_run_to_100_percent_and_a_second_ru
     assert sorted(sent) == sorted([(f"{source}{suffix}@{THIRD}", f"{target}{suffix}")
                                    for suffix in ("", "/child", "/child/grandchild")]), log
     for suffix in ("", "/child", "/child/grandchild"):  # incremental from the last common snapshot
-        assert f"zfs send -p -i {source}{suffix}@{SECOND} {source}{suffix}@{THIRD} |" in log, log
+        assert f"zfs send -p -i {source}{suffix}@{SECOND} -- {source}{suffix}@{THIRD} |" in log, log
     assert await snapshot_names(local_zfs, target) == expected | {
         f"{target}{suffix}@{THIRD}" for suffix in ("", "/child", "/child/grandchild")}
 
