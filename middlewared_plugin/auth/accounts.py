@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ class Token:
     attrs: dict[str, Any]
     #: The session that made it (None: the server itself), for the per-session cap.
     session_id: str | None
+
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    """A hash no password matches (made once, from a random one): what a login as an unknown user is checked
+    against, at the cost of a real one."""
+    return hash_password(secrets.token_urlsafe(32))
 
 
 def parse_key_id(text: str) -> int | None:
@@ -81,8 +89,10 @@ class Accounts:
 
     async def check_password(self, username: str, password: str) -> Credentials | None:
         found = await self._find_user(username)
-        # scrypt is slow on purpose: off the event loop, or one login stalls every client.
-        if not found or not await asyncio.to_thread(verify_password, password, found[1]["password"]):
+        # scrypt is slow on purpose: off the event loop, or one login stalls every client. An unknown user
+        # costs the same hash, so the answer's timing does not tell which user names exist.
+        stored = found[1]["password"] if found else _unknown_user_hash()
+        if not await asyncio.to_thread(verify_password, password, stored) or not found:
             return None
         return Credentials.for_user("LOGIN_PASSWORD", username, found[1]["roles"])
 
