@@ -2,11 +2,11 @@
 pool disables and importing the pool enables again, and what `pool.dataset.attachments` lists.
 
 Every service whose entries use local datasets implements `dataset_attachments()`: each of its entries with
-the local datasets it uses and a way to delete, toggle or read it. `delegate` and `type` are the name and
-title of TrueNAS's attachment delegate for that service (`snapshottask` "Snapshot Task", `replication`
-"Replication"). An entry that depends on another service's entries (a replication task bound to periodic
-snapshot tasks) has a higher `order`: it is disabled and deleted before them and enabled after them, so
-that no step breaks a binding rule.
+the local datasets it uses and a way to delete, toggle or read it, and names its TrueNAS attachment delegate
+in `attachment_delegate`. `delegate` and `type` are the name and title of that delegate (`snapshottask`
+"Snapshot Task", `replication` "Replication"). An entry that depends on another service's entries (a
+replication task bound to periodic snapshot tasks) has a higher `order`: it is disabled and deleted before
+them and enabled after them, so that no step breaks a binding rule.
 
 Which entries use a dataset is decided here only: `uses` (by dataset name) for deletion, export and import,
 and, after `dataset_of_path`, for TrueNAS's path-based helpers.
@@ -70,6 +70,12 @@ async def attachments_of(
 ) -> list[Attachment]:
     """Every entry of every service that uses `dataset` or a dataset below it (see `uses` for the options)."""
     return [a for a in await _every(app) if uses(a, dataset, check_parent=check_parent, exact_match=exact_match)]
+
+
+def delegate_names(app: App) -> set[str]:
+    """The attachment delegates there are: one per service with `dataset_attachments`."""
+    return {service.attachment_delegate for service in app.services.values()  # type: ignore[attr-defined]
+            if hasattr(service, "dataset_attachments")}
 
 
 def dataset_of_path(path: str, mountpoints: Iterable[tuple[str, str]]) -> str | None:

@@ -456,10 +456,15 @@ class Executor:
         excluded = self.excluded_after_receive(step.receive, features)
         if not excluded:
             return
+        # A -R stream carries every dataset of the tree: the exclusion covers them all, as `recv -x` would.
         recursive = isinstance(step, FullSend | IncrementalSend) and step.send.replicate
         for prop in excluded:
-            await self.target.inherit_property(step.target, prop, recursive=recursive)
-            self.log(f"Excluded property {prop} on {step.target} (inherited after receive)")
+            pinned = await self.target.exclude_received_property(step.target, prop, recursive=recursive)
+            self.log(f"Excluded property {prop} on {step.target}{' and below' if recursive else ''} "
+                     f"(inherited after receive)")
+            for name in pinned:
+                self.log(f"Set {prop} of {name} to the value it would inherit: this ZFS cannot inherit "
+                         f"over a received value there")
 
     async def send(self, step: SendStep, weight: _StepWeight) -> None:
         source_features = await self.source.features()

@@ -1,9 +1,9 @@
-"""`pool.*`, `pool.dataset.*` and `pool.snapshot.query`: this host's pools, datasets and snapshots.
+"""`pool.*`, `pool.dataset.*` and `pool.snapshot.*`: this host's pools, datasets and snapshots.
 
 Listings are views of ZFS for clients and the web page to browse; their entries follow TrueNAS's shapes
-closely enough for its clients (dataset id = name, properties as `{value, rawvalue, parsed}`). Pools get
-stable integer ids (TrueNAS's `pool.export(id)` takes one) from the `pool` table, which records each pool
-this server has seen imported, by guid.
+closely enough for its clients (dataset id = name, properties as `{value, rawvalue, parsed}`, snapshots'
+with `source` too). Pools get stable integer ids (TrueNAS's `pool.export(id)` takes one) from the `pool`
+table, which records each pool this server has seen imported, by guid.
 
 What changes a pool or deletes a dataset also acts on the tasks that use it (`attachments.py`): deleting
 a dataset deletes them, exporting a pool disables them (or deletes them, with `cascade`), importing a pool
@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from pydantic import ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from middlewared_plugin.attachments import attachments_of, delete_all, listing, toggle_all
+from middlewared_plugin.attachments import (
+    Attachment,
+    attachments_of,
+    dataset_of_path,
+    delegate_names,
+    delete_all,
+    listing,
+    toggle_all,
+)
 from middlewared_plugin.errors import CallError, InstanceNotFound, ValidationError, ValidationErrors
 from middlewared_plugin.events import Event, EventKind
 from middlewared_plugin.query.filters import filter_list
@@ -37,6 +45,29 @@ from middlewared_plugin.services.base import (
     pydantic_to_validation_errors,
 )
 from middlewared_plugin.services.common import DatasetName, NewPoolName, SnapshotNameSchema
+from middlewared_plugin.services.pool_dataset import (
+    CREATE_ONLY,
+    CREATE_SCHEMA,
+    PROPERTIES,
+    UPDATE_ONLY,
+    UPDATE_SCHEMA,
+    AttachmentDelegateArgs,
+    AttachmentsWithPathArgs,
+    DatasetCreateArgs,
+    DatasetUpdateArgs,
+    PoolDatasetUpdate,
+    apply_update,
+    check_encryption,
+    check_name,
+    check_recordsize,
+    check_type_fields,
+    check_user_properties_update,
+    check_user_property_names,
+    check_volume,
+    properties_to_set,
+    refusal,
+    user_property_changes,
+)
 from middlewared_plugin.zfs.commands import Zfs
 from middlewared_plugin.zfs.features import Feature
 from middlewared_plugin.zfs.names import property_name_error, snapshot_name_error
@@ -279,6 +310,118 @@ class PoolDatasetService(Service):
         """Enabled tasks that use the dataset or a dataset below it, grouped by type."""
         return listing(await attachments_of(self.app, id))
 
+    @api_method(DatasetCreateArgs, roles=("DATASET_WRITE",))
+    async def create(self, ctx: CallContext, data: dict[str, Any]) -> dict[str, Any]:
+        """Create a filesystem (a volume where the host has zvols) with TrueNAS's arguments and rules
+        (`services/pool_dataset.py`); returns its `query` entry."""
+        zfs = Zfs(self.app.zfs_runner)
+        features = await zfs.features()
+        name, schema = data["name"], CREATE_SCHEMA
+        verrors = ValidationErrors()
+        check_name(verrors, name)
+        verrors.check()
+        parent = await _creation_parent(zfs, verrors, name, data["create_ancestors"])
+        verrors.check()  # what follows reads the parent
+        encryptable = features.has(Feature.ENCRYPTION)
+        info = await zfs.get_properties(parent, ["type", "readonly", "available"] + ["encryption"] * encryptable)
+        if await zfs.exists(name):
+            verrors.add(f"{schema}.name", f"Dataset {name} already exists")
+        if info["readonly"] == "on":
+            verrors.add(f"{schema}.readonly", f"Turn off readonly mode on {parent} to create {name.rsplit('/', 1)[1]}")
+        if info["type"] == "volume":
+            verrors.add(f"{schema}.name", f"{parent}: parent may not be a ZFS volume")
+        volume = data["type"] == "VOLUME"
+        if volume and not features.has(Feature.ZVOLS):
+            verrors.add(f"{schema}.type", f"ZFS on host {features.host} does not support {Feature.ZVOLS.value}")
+        elif volume:
+            check_volume(verrors, data, int(info["available"] or 0))
+        if data["share_type"] != "GENERIC":
+            verrors.add(f"{schema}.share_type", "Only GENERIC: this server sets no ACLs and manages no shares")
+        given = [key for key, value in data.items() if value is not None]
+        check_type_fields(verrors, schema, data["type"], given)
+        check_recordsize(verrors, schema, data["recordsize"])
+        check_user_property_names(verrors, f"{schema}.user_properties", data["user_properties"])
+        values, _ = properties_to_set(verrors, schema, data, given, PROPERTIES + CREATE_ONLY, features)
+        values.update((item["key"], item["value"]) for item in data["user_properties"])
+        encryption = check_encryption(verrors, data, features, info.get("encryption") not in (None, "off"), parent)
+        verrors.check()
+
+        options = data["encryption_options"]
+        watch = TreeWatch(self.app, name)  # ADDED for the dataset and any ancestor `create_ancestors` makes
+        await watch.start()
+        try:
+            await zfs.create_dataset(name, parents=data["create_ancestors"], properties={**values, **encryption},
+                                     volume_size=data["volsize"] if volume else None, sparse=bool(data["sparse"]),
+                                     key=(options["passphrase"] or options["key"]) if data["encryption"] else None)
+        except CommandFailed as exc:
+            if (errors := refusal(exc, schema, values, PROPERTIES + CREATE_ONLY)) is not None:
+                raise errors from exc
+            raise CallError(f"Failed to create dataset {name}: {exc.stderr}") from exc
+        finally:
+            await watch.finish()
+        return await _dataset_entry_of(zfs, name)
+
+    @api_method(DatasetUpdateArgs, roles=("DATASET_WRITE",))
+    async def update(self, ctx: CallContext, id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Change a dataset's properties with TrueNAS's arguments: what `data` gives changes, `"INHERIT"`
+        inherits; `user_properties_update` sets or removes user properties one by one. Returns its entry."""
+        try:
+            model = PoolDatasetUpdate.model_validate(data)
+        except PydanticValidationError as exc:
+            raise pydantic_to_validation_errors(exc, "data") from None
+        given, changes = model.model_fields_set, model.model_dump()
+        zfs = Zfs(self.app.zfs_runner)
+        features = await zfs.features()
+        verrors = ValidationErrors()
+        if "@" in id or not await zfs.exists(id):
+            verrors.add("id", f"{id} does not exist", errno.ENOENT)
+            verrors.check()
+        type_ = (await zfs.get_properties(id, ["type"]))["type"]
+        check_type_fields(verrors, UPDATE_SCHEMA, (type_ or "").upper(), given)
+        check_recordsize(verrors, UPDATE_SCHEMA, changes["recordsize"])
+        check_user_properties_update(verrors, changes)
+        for field_name in ("user_properties", "user_properties_update"):
+            check_user_property_names(verrors, f"{UPDATE_SCHEMA}.{field_name}", changes[field_name] or [])
+        if type_ == "volume" and changes["volsize"] is not None:
+            current = (await zfs.get_properties(id, ["volsize"]))["volsize"]
+            if current is not None and changes["volsize"] < int(current):
+                verrors.add(f"{UPDATE_SCHEMA}.volsize",
+                            "You cannot shrink a zvol from GUI, this may lead to data loss.")
+        values, inherit = properties_to_set(verrors, UPDATE_SCHEMA, changes, given, PROPERTIES + UPDATE_ONLY,
+                                            features)
+        verrors.check()
+        current_user = await zfs.user_properties(id) if changes["user_properties"] is not None else {}
+        user_values, user_removed = user_property_changes(changes, current_user)
+        await apply_update(zfs, id, {**values, **user_values}, [*inherit, *user_removed], PROPERTIES + UPDATE_ONLY)
+        entry = await _dataset_entry_of(zfs, id)
+        publish_dataset_event(self.app, "CHANGED", id, entry)
+        return entry
+
+    @api_method(AttachmentDelegateArgs, private=True)
+    async def query_attachment_delegate(self, ctx: CallContext, name: str, path: str,
+                                        enabled: bool) -> list[dict[str, Any]]:
+        """The entries of attachment delegate `name` (`snapshottask`, `replication`) that use `path`, the
+        enabled or the disabled ones, as their services' queries show them."""
+        if name not in delegate_names(self.app):
+            raise CallError(f"Unknown attachment delegate {name!r}", errno.EINVAL)
+        return [await a.entry() for a in await self._at_path(path)
+                if a.delegate == name and a.enabled == enabled]
+
+    @api_method(AttachmentsWithPathArgs, private=True)
+    async def attachments_with_path(self, ctx: CallContext, path: str, check_parent: bool,
+                                    exact_match: bool) -> list[dict[str, Any]]:
+        """The enabled tasks that use `path` (a dataset's mountpoint or a directory below it; `/mnt/<dataset>`
+        as on TrueNAS), grouped by type as `attachments`. `exact_match`: only tasks on that very dataset;
+        `check_parent`: also tasks on a dataset above it."""
+        return listing(await self._at_path(path, check_parent=check_parent, exact_match=exact_match))
+
+    async def _at_path(self, path: str, **options: bool) -> list[Attachment]:
+        zfs = Zfs(self.app.zfs_runner)
+        mountpoints = [(d.name, d.mountpoint) for pool in await zfs.pools()
+                       for d in await _of_pool(zfs.list_datasets, pool.name) if d.mountpoint]
+        dataset = dataset_of_path(path, mountpoints)
+        return [] if dataset is None else await attachments_of(self.app, dataset, **options)
+
     @api_method(DatasetDeleteArgs, roles=("DATASET_DELETE",))
     async def delete(self, ctx: CallContext, id: str, options: dict[str, Any]) -> bool:
         """Destroy a dataset (with `recursive`, its children too), then delete the tasks that used it."""
@@ -470,6 +613,26 @@ async def _truenas_held(zfs: Zfs, snapshots: Iterable[Snapshot]) -> set[str]:
         tags = await zfs.list_holds(held[start:start + 100])
         tagged |= {name for name, found in tags.items() if TRUENAS_HOLD_TAG in found}
     return tagged
+
+
+async def _creation_parent(zfs: Zfs, verrors: ValidationErrors, name: str, create_ancestors: bool) -> str:
+    """The existing dataset a new one goes under: its parent, or with `create_ancestors` its nearest existing
+    ancestor (TrueNAS's messages when there is none)."""
+    parent = name.rsplit("/", 1)[0]
+    while create_ancestors and "/" in parent and not await zfs.exists(parent):
+        parent = parent.rsplit("/", 1)[0]
+    if not await zfs.exists(parent):
+        verrors.add(f"{CREATE_SCHEMA}.name",
+                    "Please specify a pool which exists for the dataset/volume to be created" if create_ancestors
+                    else f"Parent dataset ({parent}) does not exist." if "/" in parent
+                    else f"zpool ({parent}) does not exist.")
+    return parent
+
+
+async def _dataset_entry_of(zfs: Zfs, name: str) -> dict[str, Any]:
+    """One dataset's `pool.dataset.query` entry."""
+    (dataset,) = await zfs.list_datasets(name, recursive=False)
+    return dataset_entry(dataset)
 
 
 async def _of_pool(lister: Callable[[str], Awaitable[list[T]]], pool: str) -> list[T]:

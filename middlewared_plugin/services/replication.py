@@ -37,6 +37,7 @@ from middlewared_plugin.services.base import (
     api_method,
 )
 from middlewared_plugin.services.keychain import SSH_CREDENTIALS, CredentialUse
+from middlewared_plugin.services.pool import TreeWatch
 from middlewared_plugin.services.replication_models import (
     CountEligibleManualSnapshotsArgs,
     CreateDatasetArgs,
@@ -164,6 +165,8 @@ class EncryptionKeys:
 class ReplicationService(CRUDService):
     namespace = "replication"
     role_prefix = "REPLICATION_TASK"
+    #: TrueNAS's attachment delegate name for these tasks (`attachments.py`).
+    attachment_delegate = "replication"
     table = "replication"
     entry_name = "Replication"
     entry_model = ReplicationCreate
@@ -440,7 +443,7 @@ class ReplicationService(CRUDService):
                 "Replication", task["name"], task["enabled"], order=1,
                 delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
                 toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled),
-                delegate="replication", datasets=tuple(local),
+                delegate=self.attachment_delegate, datasets=tuple(local),
                 entry=lambda id=task["id"]: self.get_instance(CallContext(self.app, None), id)))
         return found
 
@@ -482,11 +485,18 @@ class ReplicationService(CRUDService):
     async def create_dataset(
         self, ctx: CallContext, dataset: str, transport: str, ssh_credentials: int | None,
     ) -> None:
+        # A local one (with the parents `zfs create -p` made) is announced as pool.dataset.create's would be.
+        watch = TreeWatch(self.app, dataset) if transport == "LOCAL" else None
+        if watch is not None:
+            await watch.start()
         try:
             zfs = await self._zfs(transport, ssh_credentials)
             await zfs.create_dataset(dataset)
         except CallError as exc:
             raise self._remote_error(transport, exc) from None
+        finally:
+            if watch is not None:
+                await watch.finish()
 
     @api_method(roles=WRITE)
     async def list_naming_schemas(self, ctx: CallContext) -> list[str]:

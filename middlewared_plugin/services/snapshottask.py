@@ -159,6 +159,8 @@ def _read_host_id(data_dir: Path) -> str:
 class PeriodicSnapshotTaskService(CRUDService):
     namespace = "pool.snapshottask"
     role_prefix = "SNAPSHOT_TASK"
+    #: TrueNAS's attachment delegate name for these tasks (`attachments.py`).
+    attachment_delegate = "snapshottask"
     table = "pool_snapshottask"
     entry_name = "Periodic snapshot task"
     entry_model = PoolSnapshotTaskCreate
@@ -277,7 +279,7 @@ class PeriodicSnapshotTaskService(CRUDService):
             Attachment("Snapshot Task", task["dataset"], task["enabled"], order=0,
                        delete=lambda id=task["id"]: self.delete(CallContext(self.app, None), id),
                        toggle=lambda enabled, id=task["id"]: self.save_fields(id, enabled=enabled),
-                       delegate="snapshottask", datasets=(task["dataset"],),
+                       delegate=self.attachment_delegate, datasets=(task["dataset"],),
                        entry=lambda id=task["id"]: self.get_instance(CallContext(self.app, None), id))
             for task in await self.stored()
         ]

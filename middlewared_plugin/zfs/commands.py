@@ -259,6 +259,12 @@ class Zfs:
         return sorted((fs for fs, values in rows.items() if values.get("mounted", ("",))[0] == "yes"),
                       key=lambda fs: -fs.count("/"))
 
+    async def user_properties(self, name: str) -> dict[str, str]:
+        """Every user property (`module:name`) one dataset has, set there or inherited: `zfs get all`, the one
+        form that lists the ones nobody named."""
+        values = (await self._get(name, ["all"], depth=0, type_=None)).get(name, {})
+        return _user(values, (p for p in values if ":" in p))
+
     async def get_properties(self, name: str, properties: Iterable[str]) -> dict[str, str | None]:
         """Values of the given properties of one dataset or snapshot; None where unset (`-`)."""
         props = list(properties)
@@ -283,6 +289,50 @@ class Zfs:
     async def inherit_property(self, name: str, prop: str, *, recursive: bool = False) -> None:
         await self._run(["zfs", "inherit"] + (["-r"] if recursive else [])
                         + ["--", check_property(prop), check_dataset_or_snapshot(name)])
+
+    async def exclude_received_property(self, root: str, prop: str, *, recursive: bool = False) -> list[str]:
+        """After a receive, what `zfs receive -x prop` does on a ZFS that has it: `root` (and its descendants
+        if `recursive`) whose `prop` came from the stream (source `received`) inherit it; values set on this
+        side are kept. Returns the datasets where the inherited value had to be set instead.
+
+        zfs-fuse's `zfs inherit` cannot override a received value below another received dataset (it
+        succeeds and the value stays `received`): there the value it would inherit is set (source `local`).
+
+        Nothing is left mounted by this, so that the caller mounts the tree in order and read-only: ZFS
+        mounts a filesystem whose mountpoint leaves `legacy` or `none` at once (read-write, before its parent
+        is mounted, or failing under a read-only parent) unless `canmount` is `noauto`, which it is meanwhile;
+        a mounted filesystem that moves is remounted by ZFS and is unmounted again."""
+        depth = None if recursive else 0
+        props = list(dict.fromkeys([check_property(prop), "mountpoint", "canmount", "mounted"]))
+        before = await self._get(root, props, depth=depth, type_="filesystem,volume")
+        received = sorted(n for n, v in before.items() if "@" not in n and v.get(prop, ("", ""))[1] == "received")
+        if not received:
+            return []
+        quiet = [n for n in received if prop == "mountpoint" and before[n]["canmount"][0] == "on"
+                 and before[n]["mountpoint"][0] in ("legacy", "none")]
+        pinned: list[str] = []
+        for name in quiet:
+            await self.set_properties(name, {"canmount": "noauto"})
+        try:
+            await self._run(["zfs", "inherit", "--", prop, *(check_dataset(n) for n in received)])
+            after = await self._get(root, [prop], depth=depth, type_="filesystem,volume")
+            for name in received:  # parents first: a child's inherited value depends on its parent's
+                if after[name][prop][1] != "received" or "/" not in name:
+                    continue
+                parent, leaf = name.rsplit("/", 1)
+                value = inherited_value(prop, (await self.get_properties(parent, [prop]))[prop], leaf)
+                if value is not None:
+                    await self.set_properties(name, {prop: value})
+                    pinned.append(name)
+        finally:
+            for name in quiet:
+                await self.set_properties(name, {"canmount": "on"})
+        now = await self._get(root, ["mountpoint", "mounted"], depth=depth, type_="filesystem")
+        moved = [n for n, v in now.items() if "@" not in n and v["mounted"][0] == "yes" and (
+            before[n]["mounted"][0] != "yes" or v["mountpoint"][0] != before[n]["mountpoint"][0])]
+        for name in sorted(moved, key=lambda n: -n.count("/")):  # children before their parents
+            await self._run(["zfs", "unmount", "--", check_dataset(name)])
+        return pinned
 
     async def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
         """Roll a dataset back to `snapshot`; `destroy_newer` (-r) allows discarding later snapshots."""
@@ -556,6 +606,14 @@ def _refusals(stderr: str, dataset: str, names: list[str]) -> dict[str, str]:
                 if form in line:
                     refused[full] = line.split(form, 1)[1].strip()
     return refused
+
+
+def inherited_value(prop: str, parent_value: str | None, name: str) -> str | None:
+    """The value a dataset named `name` (the last component) inherits from a parent whose `prop` is
+    `parent_value`: the same, except that a mountpoint path gets the name appended (`legacy`/`none` do not)."""
+    if prop == "mountpoint" and parent_value and parent_value.startswith("/"):
+        return f"{parent_value.rstrip('/')}/{name}"
+    return parent_value
 
 
 def _optional(value: str, source: str) -> str | None:

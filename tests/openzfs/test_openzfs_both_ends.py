@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +24,7 @@ from middlewared_plugin.client import Client, ClientException
 from middlewared_plugin.errors import ValidationErrors
 from middlewared_plugin.services.replication import ZVOL_TARGET_MESSAGE
 from tests.fixtures.openzfs_vm import OpenZFSVM
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import TestServer, running_server
 from tests.openzfs.support import (
     PASSPHRASE,
     SCHEMA,
@@ -70,13 +67,8 @@ async def pools(openzfs_vm: OpenZFSVM) -> AsyncIterator[None]:
 @pytest.fixture(scope="module")
 async def server(openzfs_vm: OpenZFSVM, pools: None) -> AsyncIterator[TestServer]:
     """A server whose own ZFS is the guest's."""
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-oz-"))
-    running = await TestServer(data_dir, local_zfs_ssh=local_zfs_over_ssh(openzfs_vm)).start()
-    try:
+    async with running_server(local_zfs_ssh=local_zfs_over_ssh(openzfs_vm)) as running:
         yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

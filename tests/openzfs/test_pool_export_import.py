@@ -3,16 +3,13 @@ exported pool on the guest's disks with ZFS's own device search (no `-d`), and t
 are disabled by the export, enabled again by the import, and deleted with a deleted dataset."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from middlewared_plugin.client import Client
 from tests.fixtures.openzfs_vm import OpenZFSVM
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import TestServer, running_server
 from tests.openzfs.support import local_zfs_over_ssh
 
 POOL = "moving"
@@ -22,13 +19,10 @@ SCHEMA = "auto-%Y-%m-%d_%H-%M"
 @pytest.fixture(scope="module")
 async def server(openzfs_vm: OpenZFSVM) -> AsyncIterator[TestServer]:
     await openzfs_vm.run(["zpool", "create", "-f", POOL, openzfs_vm.disks[2]])
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-oz-"))
-    running = await TestServer(data_dir, scheduler_enabled=False, local_zfs_ssh=local_zfs_over_ssh(openzfs_vm)).start()
     try:
-        yield running
+        async with running_server(scheduler_enabled=False, local_zfs_ssh=local_zfs_over_ssh(openzfs_vm)) as running:
+            yield running
     finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
         await openzfs_vm.run(["zpool", "destroy", "-f", POOL], check=False)
 
 

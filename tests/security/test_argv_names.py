@@ -6,11 +6,6 @@ passes ZFS's naming grammar (`zfs/names.py`) at the API, and names follow `--` o
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from middlewared_plugin.client import Client
@@ -21,14 +16,8 @@ from tests.fixtures.server import TestServer
 
 
 @pytest.fixture
-async def server(pool_directory: Path) -> AsyncIterator[TestServer]:
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-"))
-    running = await TestServer(data_dir, scheduler_enabled=False, pool_import_dirs=(str(pool_directory),)).start()
-    try:
-        yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def server(importing_server: TestServer) -> TestServer:
+    return importing_server
 
 
 @pytest.fixture

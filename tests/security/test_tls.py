@@ -25,7 +25,7 @@ from middlewared_plugin import midclt
 from middlewared_plugin.client import Client, ClientException
 from middlewared_plugin.protocol.tls import CERT_FILE, KEY_FILE, certificate_fingerprint
 from middlewared_plugin.settings import Settings
-from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer
+from tests.fixtures.server import ADMIN, ADMIN_PASSWORD, TestServer, running_server
 from tests.security.raw_http import request
 
 WRONG_PIN = ":".join(["AB"] * 32)
@@ -33,13 +33,8 @@ WRONG_PIN = ":".join(["AB"] * 32)
 
 @pytest.fixture
 async def tls_server() -> AsyncIterator[TestServer]:
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-"))
-    running = await TestServer(data_dir, scheduler_enabled=False, tls="on").start()
-    try:
+    async with running_server(scheduler_enabled=False, tls="on") as running:
         yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _name(common_name: str) -> x509.Name:

@@ -7,11 +7,8 @@ without `Origin` (midclt, scripts) and the unix socket keep working.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +16,7 @@ from websockets.asyncio.client import connect, unix_connect
 from websockets.exceptions import InvalidStatus
 
 from middlewared_plugin.client import Client
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import TestServer, running_server
 from tests.security.raw_http import request
 
 EVIL = "http://evil.example"
@@ -27,13 +24,8 @@ EVIL = "http://evil.example"
 
 @asynccontextmanager
 async def custom_server(**settings: Any) -> AsyncIterator[TestServer]:
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-"))
-    running = await TestServer(data_dir, scheduler_enabled=False, **settings).start()
-    try:
+    async with running_server(scheduler_enabled=False, **settings) as running:
         yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def ping_with_origin(url: str, origin: str) -> str:

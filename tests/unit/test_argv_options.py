@@ -94,6 +94,8 @@ ZFS_METHODS: dict[str, tuple[tuple[str, ...], ZfsCall]] = {
     "mount": (("dataset",), lambda z, v: z.mount(v["dataset"])),
     "inherit_property": (("dataset", "property"),
                          lambda z, v: z.inherit_property(v["dataset"], v["property"], recursive=True)),
+    "exclude_received_property": (("dataset", "property"), lambda z, v: z.exclude_received_property(
+        v["dataset"], v["property"], recursive=True)),
     "rollback": (("snapshot",), lambda z, v: z.rollback(v["snapshot"], destroy_newer=True)),
     "create_snapshots": (("dataset", "part"), lambda z, v: z.create_snapshots(v["dataset"], v["part"])),
     "destroy_snapshots": (("snapshot",), lambda z, v: z.destroy_snapshots([v["snapshot"]])),

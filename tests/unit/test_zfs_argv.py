@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from middlewared_plugin.zfs import recv_abort_argv, recv_argv, resume_send_argv, send_argv
+from middlewared_plugin.zfs.commands import inherited_value
 
 
 def test_full_send_is_plain():
@@ -44,3 +45,18 @@ def test_resume_and_receive_argv():
     ) == ["zfs", "receive", "-s", "-F", "-u", "-x", "mountpoint", "-o", "readonly=on", "--", "pool/b"]
     assert recv_abort_argv("pool/b") == ["zfs", "receive", "-A", "--", "pool/b"]
 
+
+
+@pytest.mark.parametrize(("prop", "parent", "expected"), [
+    ("mountpoint", "/mnt/backup/copy", "/mnt/backup/copy/child"),
+    ("mountpoint", "/", "/child"),
+    ("mountpoint", "legacy", "legacy"),
+    ("mountpoint", "none", "none"),
+    ("sharenfs", "off", "off"),
+    ("mountpoint", None, None),
+])
+def test_inherited_value_appends_the_name_to_a_mountpoint_path_only(prop: str, parent: str | None,
+                                                                    expected: str | None):
+    # What a dataset set in place of a received value it cannot inherit over (zfs-fuse) must equal what
+    # `zfs inherit` would have given it: a child's mountpoint is its parent's path plus its own name.
+    assert inherited_value(prop, parent, "child") == expected

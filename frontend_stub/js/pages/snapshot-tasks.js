@@ -1,4 +1,5 @@
-// Periodic snapshot tasks (pool.snapshottask.*): list with state, add/edit, run now, delete.
+// Periodic snapshot tasks (pool.snapshottask.*): list with state, add/edit, run now, delete; and a manual
+// snapshot of any dataset (pool.snapshot.create, as TrueNAS's "Add snapshot" form).
 
 import { datasetBrowser } from "../datasets.js";
 import { scheduleEditor } from "../schedule.js";
@@ -59,10 +60,49 @@ function taskDialog(api, entry = null) {
   }, { testid: "snapshot-task-dialog", wide: true });
 }
 
+/** TrueNAS's default name for a manual snapshot: manual-YYYY-MM-DD_HH-MM, local time. */
+function manualSnapshotName(now = new Date()) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `manual-${now.getFullYear()}-${pad(now.getMonth() + 1)}-${pad(now.getDate())}_${pad(now.getHours())}-${pad(now.getMinutes())}`;
+}
+
+function manualSnapshotDialog(api) {
+  return modal("Take snapshot now", (close) => {
+    const form = h("form", { testid: "manual-snapshot-form", novalidate: true });
+    const dataset = field({ label: "Dataset", field: "dataset" });
+    const browser = datasetBrowser({ api, side: () => ({ transport: "LOCAL", sshCredentials: null }),
+      onPick: (name) => { dataset.input.value = name; }, testid: "manual-snapshot-dataset" });
+    const name = field({ label: "Name", field: "name", value: manualSnapshotName() });
+    const recursive = field({ label: "Recursive (its child datasets too, in the same instant)", field: "recursive",
+      kind: "checkbox" });
+    const submit = button("Take snapshot", null, { type: "submit", kind: "primary", testid: "manual-snapshot-save" });
+    form.append(h("div", { class: "form-errors", role: "alert" }), dataset.row, browser.element, name.row, recursive.row,
+      h("div", { class: "actions" }, button("Cancel", () => close(), { testid: "manual-snapshot-cancel" }), submit));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      submit.disabled = true;
+      try {
+        close(await api.call("pool.snapshot.create", {
+          dataset: dataset.input.value.trim(), name: name.input.value.trim(), recursive: recursive.input.checked,
+        }));
+      } catch (error) {
+        showErrors(form, error);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+    return form;
+  }, { testid: "manual-snapshot-dialog", wide: true });
+}
+
 export async function render(ctx, page) {
   const { api } = ctx;
   const body = h("div", { testid: "snapshot-task-list" }, h("p", { class: "muted" }, "Loading…"));
   page.append(h("div", { class: "page-head" }, h("h1", {}, "Periodic Snapshot Tasks"),
+    button("Take snapshot now", async () => {
+      const taken = await manualSnapshotDialog(api);
+      if (taken) toast(`Snapshot ${taken.name} taken.`, "ok");
+    }, { testid: "manual-snapshot-take" }),
     button("Add", async () => { if (await taskDialog(api)) load(); }, { kind: "primary", testid: "snapshot-task-add" })), body);
   const tasks = new Map();
   const progresses = new Map(); // task id -> progress widget, kept across redraws while a run is going

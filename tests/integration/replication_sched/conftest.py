@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from middlewared_plugin.client import Client
 from middlewared_plugin.zfs import Zfs
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import TestServer, running_server
 from tests.fixtures.sshd import SshdServer, _children, _freeze_tree
 from tests.fixtures.zfs import FilePool
 from tests.integration.replication_api.conftest import create_ssh_credentials
@@ -137,13 +136,8 @@ async def states(client: Client) -> StateEvents:
 async def server() -> AsyncIterator[TestServer]:
     """The real server, but its scheduler only moves when a test calls `server.app.scheduler.tick(minute)`:
     runs start when the test says, never because the wall clock crossed a minute."""
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-"))
-    running = await TestServer(data_dir, scheduler_enabled=False).start()
-    try:
+    async with running_server(scheduler_enabled=False) as running:
         yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def run_jobs(server: TestServer, task_id: int) -> list[Any]:

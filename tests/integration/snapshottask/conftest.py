@@ -6,8 +6,6 @@ tree and helpers to write files and read snapshots through the real zfs-fuse.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +16,13 @@ import pytest
 from middlewared_plugin.client import Client
 from middlewared_plugin.devtools.zfs_fuse import FilePool
 from middlewared_plugin.zfs import Snapshot, Zfs
-from tests.fixtures.server import TestServer
+from tests.fixtures.server import TestServer, running_server
 
 
 @pytest.fixture
 async def stepped() -> AsyncIterator[TestServer]:
-    data_dir = Path(tempfile.mkdtemp(prefix="mwp-"))
-    running = await TestServer(data_dir, scheduler_enabled=False).start()
-    try:
+    async with running_server(scheduler_enabled=False) as running:
         yield running
-    finally:
-        await running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @dataclass
