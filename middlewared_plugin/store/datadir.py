@@ -1,8 +1,9 @@
 """The data dir: database, secret key, job logs. Only the server's own user may read anything in it.
 
 `prepare` runs before anything is written there: it creates the dir 0700, refuses a dir another user owns
-(whoever owns it could swap the database or the key under us), and tightens looser modes it finds, saying
-so in the log. Files the server creates there are private from their first byte (`open_private`), whatever
+(whoever owns it could swap the database or the key under us), and tightens looser modes it finds on the
+server's own files, saying so in the log (other people's files there, such as the demo's pools, are left as
+they are). Files the server creates there are private from their first byte (`open_private`), whatever
 the process umask.
 """
 from __future__ import annotations
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+#: The directories below the data dir whose files are the server's. Anything else there (a demo's pool images,
+#: the filesystems mounted from them, an administrator's notes) is not ours to change: only the server's own
+#: top-level files (database, key, certificate) and these trees are tightened.
+OWN_DIRS = ("jobs",)
 
 
 def prepare(data_dir: Path) -> None:
@@ -33,7 +38,20 @@ def prepare(data_dir: Path) -> None:
             "refusing to use it. Give it to this user (chown) or choose another --data-dir.", errno.EPERM,
         )
     _tighten(data_dir, DIR_MODE)
-    for root, dirs, files in os.walk(data_dir):
+    for entry in data_dir.iterdir():
+        if entry.name in OWN_DIRS:
+            _tighten_tree(entry)
+        elif stat.S_ISREG(entry.lstat().st_mode):
+            _tighten(entry, FILE_MODE)
+
+
+def _tighten_tree(top: Path) -> None:
+    """A directory of the server's own files; never one with another filesystem mounted on it or under it."""
+    if top.is_symlink() or not top.is_dir() or os.path.ismount(top):
+        return
+    _tighten(top, DIR_MODE)
+    for root, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if not os.path.ismount(Path(root, d))]
         for name in dirs:
             _tighten(Path(root, name), DIR_MODE)
         for name in files:

@@ -120,3 +120,24 @@ def test_data_dir_of_another_user_is_refused(parent: Path) -> None:
     assert done.returncode != 0
     assert f"Data dir {data_dir} is owned by uid {NOBODY}" in done.stderr and "refusing" in done.stderr, done.stderr
     assert list(data_dir.iterdir()) == []  # nothing was written into it
+
+
+async def test_files_in_the_data_dir_that_are_not_the_servers_keep_their_modes(parent: Path) -> None:
+    # The demo keeps its pool images and their mounted filesystems below the data dir: users' data there is
+    # not the server's to change.
+    data_dir = parent / "data"
+    data_dir.mkdir(mode=0o700)
+    photos = data_dir / "pools" / "tank" / "photos"
+    photos.mkdir(parents=True)
+    picture = photos / "cat.jpg"
+    picture.write_bytes(b"\xff\xd8")
+    for path, mode in ((data_dir / "pools", 0o755), (photos, 0o755), (picture, 0o644)):
+        path.chmod(mode)
+
+    server = await TestServer(data_dir).start()
+    try:
+        assert stat.S_IMODE(picture.stat().st_mode) == 0o644
+        assert stat.S_IMODE(photos.stat().st_mode) == 0o755
+        assert stat.S_IMODE((data_dir / "middlewared.sqlite").stat().st_mode) == 0o600
+    finally:
+        await server.stop()
