@@ -447,12 +447,14 @@ class KeychainCredentialService(CRUDService):
         The other NAS's semi-automatic setup calls this, then (on TrueNAS) gives a nologin user a shell through
         `user.update`. This server has no user API, so here pairing makes that one change itself.
         """
-        return await self.pair_here(ctx, data["username"], data["public_key"], give_shell=True)
+        return await self.pair_here(ctx, data["username"], data["public_key"], unlock_login=True)
 
-    async def pair_here(self, ctx: CallContext, username: str, public_key: str, *, give_shell: bool) -> dict[str, Any]:
+    async def pair_here(
+        self, ctx: CallContext, username: str, public_key: str, *, unlock_login: bool,
+    ) -> dict[str, Any]:
         """Add one public key to a local account's authorized_keys; this host's `{port, host_key}`.
 
-        Only full admins get here (ssh_pair and replication.pair are private methods). `give_shell` replaces a
+        Only full admins get here (ssh_pair and replication.pair are private methods). `unlock_login` replaces a
         nologin shell with bash, as TrueNAS's semi-automatic setup does; nothing else about the account changes.
         """
         try:
@@ -463,7 +465,7 @@ class KeychainCredentialService(CRUDService):
         if await asyncio.to_thread(_authorize_key, user, line):
             logger.info("Pairing: added a %s key to %s's authorized_keys (requested by %s)",
                         line.split()[0], user.pw_name, _requester(ctx))
-        if give_shell and user.pw_shell in NO_LOGIN_SHELLS:
+        if unlock_login and user.pw_shell in NO_LOGIN_SHELLS:
             # A user that cannot log in cannot run zfs over SSH.
             shell = shutil.which("bash") or "/bin/sh"
             logger.warning("Pairing: changing the login shell of %s from %s to %s (requested by %s)",

@@ -599,7 +599,7 @@ class ReplicationService(CRUDService):
         the account's shell.
         """
         paired = await self.app.service("keychaincredential").pair_here(
-            ctx, data["user"] or "root", data["public-key"], give_shell=False)
+            ctx, data["user"] or "root", data["public-key"], unlock_login=False)
         return {"ssh_port": paired["port"], "ssh_hostkey": paired["host_key"]}
 
 
