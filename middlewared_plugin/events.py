@@ -32,11 +32,28 @@ Listener = Callable[[Event], None]
 class EventBus:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        self._wants: dict[Listener, Callable[[str], bool]] = {}
 
-    def listen(self, listener: Listener) -> Callable[[], None]:
-        """Register a listener; returns the function that removes it."""
+    def listen(self, listener: Listener, wants: Callable[[str], bool] | None = None) -> Callable[[], None]:
+        """Register a listener; returns the function that removes it. `wants(collection)` says whether the
+        listener would deliver that collection's events (without it: every collection)."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        if wants is not None:
+            self._wants[listener] = wants
+
+        def stop() -> None:
+            self._listeners.remove(listener)
+            self._wants.pop(listener, None)
+
+        return stop
+
+    def wanted(self, *collections: str) -> bool:
+        """Whether any listener would deliver an event of one of `collections`: publishers whose events cost
+        work to compute (listings) skip that work when nobody would receive them."""
+        return any(
+            (wants := self._wants.get(listener)) is None or any(wants(c) for c in collections)
+            for listener in self._listeners
+        )
 
     def publish(self, event: Event) -> None:
         for listener in list(self._listeners):

@@ -87,7 +87,7 @@ class BaseConnection(ABC):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
-        stop_listening = self.app.bus.listen(self._on_event)
+        stop_listening = self.app.bus.listen(self._on_event, self._subscribed)
         writer = asyncio.create_task(self._write_loop())
         try:
             async for message in self.ws:
@@ -170,9 +170,12 @@ class BaseConnection(ABC):
             except ConnectionClosed:
                 return
 
+    def _subscribed(self, collection: str) -> bool:
+        names = self.session.subscriptions.values()
+        return collection in names or "*" in names
+
     def _on_event(self, event: Event) -> None:
-        names = set(self.session.subscriptions.values())
-        if event.collection not in names and "*" not in names:
+        if not self._subscribed(event.collection):
             return
         credentials = self.session.credentials
         if event.audience is not None and not event.audience(credentials):

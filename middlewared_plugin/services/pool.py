@@ -732,7 +732,8 @@ class TreeWatch:
 
     Only the dataset's own tree is listed when it exists; otherwise the topmost of its missing ancestors'
     (everything that appears there is new), so a whole pool is never listed to see a few datasets arrive.
-    Listing problems are logged, never raised: they must not change the outcome of the work watched.
+    Listing problems are logged, never raised: they must not change the outcome of the work watched. With no
+    subscriber to either collection when the work starts, nothing is listed at all (runs pay no extra listing).
     """
 
     def __init__(self, app: App, dataset: str):
@@ -741,8 +742,12 @@ class TreeWatch:
         self.zfs = Zfs(app.zfs_runner)
         self.root = dataset
         self.before = TreeListing()
+        self.active = False
 
     async def start(self) -> None:
+        self.active = self.app.bus.wanted(DATASET_EVENT, SNAPSHOT_EVENT)
+        if not self.active:
+            return
         try:
             self.root = await self._root()
             self.before = await list_tree(self.zfs, self.root)
@@ -751,6 +756,8 @@ class TreeWatch:
                            self.dataset, exc)
 
     async def finish(self) -> None:
+        if not self.active:
+            return
         try:
             after = await list_tree(self.zfs, self.root)
         except CallError as exc:

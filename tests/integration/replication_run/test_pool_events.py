@@ -41,3 +41,34 @@ async def test_runs_announce_target_datasets_and_snapshots(server, pool_pair, lo
         *(("added", f"{d}@auto-2026-11-03_00-00") for d in (target, f"{target}/child")),
     }
     assert {e["msg"] for e in datasets} <= {"changed"}  # space accounting moved; nothing came or went
+
+
+async def test_a_run_nobody_watches_lists_the_target_no_extra_time(server, pool_pair, local_zfs, monkeypatch):
+    # The events cost two listings of the target tree per run: paid only while a client subscribes to them.
+    from middlewared_plugin.services import pool as pool_service
+    listed: list[str] = []
+    real_list_tree = pool_service.list_tree
+
+    async def recording_list_tree(zfs, root):
+        listed.append(root)
+        return await real_list_tree(zfs, root)
+
+    monkeypatch.setattr(pool_service, "list_tree", recording_list_tree)
+    src_pool, dst_pool = pool_pair
+    source = await make_source(local_zfs, src_pool.name, ["auto-2026-11-01_00-00"], data_mb=1)
+    target = f"{dst_pool.name}/copy"
+    client: Client = await server.client()
+    task = await client.call("replication.create", local_task(source, target))
+    await client.subscribe("replication.query", lambda event: None)  # other subscriptions do not count
+
+    await client.call("replication.run", task["id"], job=True)
+    assert listed == []
+    assert await local_zfs.exists(f"{target}@auto-2026-11-01_00-00")
+
+    snapshots: list[dict[str, Any]] = []
+    await client.subscribe("pool.snapshot.query", snapshots.append)
+    await local_zfs.create_snapshots(source, "auto-2026-11-02_00-00", recursive=True)
+    await client.call("replication.run", task["id"], job=True)
+    await client.ping()
+    assert listed == [target, target]
+    assert ("added", f"{target}@auto-2026-11-02_00-00") in {(e["msg"], e["id"]) for e in snapshots}
